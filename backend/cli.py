@@ -1,0 +1,105 @@
+"""Command line: ``python -m backend <command>``. Errors of this package print as one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from backend.errors import PersonaSpaceError
+from backend.models import DEFAULT_MODEL
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model spec: embedded name, .gguf, folder or hub id (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda if present)")
+    parser.add_argument(
+        "--cache", default=None, help="folder for converted models (default: $PERSONA_SPACE_CACHE or the user cache)"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    parser.add_argument("--layers-path", default=None, help="attribute path of the decoder layers, e.g. model.layers")
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from backend.models import load_model
+
+    return load_model(
+        args.model, cache=args.cache, device=args.device, trust_remote_code=args.trust_remote_code, layers_path=args.layers_path
+    )
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    info = _load(args).info.to_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from backend.generate import Sampling, generate_reply
+
+    loaded = _load(args)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, greedy=not args.sample, seed=args.seed)
+    turns: list[dict[str, str]] = []
+    prompts = [args.prompt] if args.prompt else None
+    print(
+        f"{loaded.info.name}: {loaded.info.n_layers} layers x {loaded.info.hidden}. Empty line or Ctrl-D to quit.",
+        file=sys.stderr,
+    )
+    while True:
+        if prompts is not None:
+            if not prompts:
+                return 0
+            text = prompts.pop()
+        else:
+            try:
+                text = input("you> ")
+            except EOFError:
+                return 0
+            if not text.strip():
+                return 0
+        turns.append({"role": "user", "content": text})
+
+        def show(token: int) -> None:
+            print(loaded.tokenizer.decode([token], skip_special_tokens=True), end="", flush=True)
+
+        _, new = generate_reply(loaded, turns, system=args.system, sampling=sampling, on_token=show)
+        print()
+        turns.append({"role": "assistant", "content": loaded.tokenizer.decode(new, skip_special_tokens=True)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("model-info", help="load a model and describe it (layers, hidden size, target layer, template)")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_info)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal")
+    _add_model_args(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--prompt", default=None, help="one message, then exit")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--sample", action="store_true", help="sample (temperature 0.7, top-p 0.9) instead of greedy")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PersonaSpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
