@@ -89,14 +89,22 @@ def cap_floor(hidden: torch.Tensor, unit_direction: torch.Tensor, tau: float) ->
         ``(capped, delta)``: the capped activations ``(..., d)`` and how far each was moved along ``u``
         (``(...)``, ``>= 0``).
     """
+    capped, delta, _ = cap_floor_with_projection(hidden, unit_direction, tau)
+    return capped, delta
+
+
+def cap_floor_with_projection(
+    hidden: torch.Tensor, unit_direction: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cap_floor` that also returns the projection before the cap, ``(...)`` (one matmul for both)."""
     u = unit_direction.to(hidden.dtype)
     proj = hidden @ u
-    delta = (tau - proj).clamp_min(0)
-    moved = delta > 0
-    if not bool(moved.any()):
-        return hidden, delta
-    capped = torch.where(moved.unsqueeze(-1), hidden + delta.unsqueeze(-1) * u, hidden)
-    return capped, delta
+    delta = (tau - proj).clamp_min_(0)
+    if tau == -math.inf:
+        return hidden, delta, proj
+    # Adding an exact zero leaves a finite value bit-identical, so rows already at or above tau are untouched
+    # without a data-dependent branch (which would force a GPU sync at every capped layer of every token).
+    return torch.addcmul(hidden, delta.unsqueeze(-1), u), delta, proj
 
 
 def steering_vector(direction: torch.Tensor, scale: float) -> torch.Tensor:

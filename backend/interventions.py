@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from backend.axis import cap_floor, steer, unit
+from backend.axis import cap_floor_with_projection, steer, unit
 from backend.errors import InterventionError
 from backend.layers import block_output, find_decoder_layers, replace_block_output, validate_layers
 
@@ -161,7 +161,7 @@ class CapStep:
     start: int
     tau: float
     version: int
-    before: torch.Tensor  # (batch, n) projection before the cap
+    before: torch.Tensor  # (batch, n) projection before the cap (model's device and dtype)
     delta: torch.Tensor  # (batch, n) how far the cap moved each position along the axis (>= 0)
 
 
@@ -185,7 +185,8 @@ class CapLog:
 
     def record(self, layer: int, tau: float, version: int, before: torch.Tensor, delta: torch.Tensor) -> None:
         start = self.advance(layer, before.shape[-1])
-        step = CapStep(layer, start, tau, version, before.detach().float().cpu(), delta.detach().float().cpu())
+        # Kept on the model's device: copying to the CPU here would stall a GPU at every layer of every step.
+        step = CapStep(layer, start, tau, version, before, delta)
         self.steps.append(step)
         if self.callback is not None:
             self.callback(step)
@@ -195,7 +196,7 @@ class CapLog:
         chunks = [s.delta for s in self.steps if s.layer == layer]
         if not chunks:
             raise InterventionError(f"the cap never ran at layer {layer}")
-        return torch.cat(chunks, dim=-1)
+        return torch.cat(chunks, dim=-1).float().cpu()
 
 
 MaskSource = torch.Tensor | Callable[[int, int], torch.Tensor]
@@ -296,8 +297,8 @@ class Capture:
 class Monitor:
     """Per-position projection of the block output at ``layer`` on ``direction`` (after any edit there).
 
-    ``readings()`` is ``(batch, positions)``; ``callback(start, values)`` (values ``(batch, n)``) runs in the
-    forward pass as each call happens, so a generator can stream it token by token.
+    ``readings()`` is ``(batch, positions)`` on the CPU; ``callback(start, values)`` (values ``(batch, n)``, on the
+    model's device) runs in the forward pass as each call happens, so a generator can stream it token by token.
     """
 
     order = 3
@@ -305,6 +306,7 @@ class Monitor:
     def __init__(self, direction: torch.Tensor, layer: int, callback: Callable[[int, torch.Tensor], None] | None = None) -> None:
         self.layer = layer
         self.direction = unit(_as_direction(layer, direction, None).float())
+        self._cast: torch.Tensor | None = None  # the direction on the model's device and dtype
         self.callback = callback
         self.reset()
 
@@ -321,7 +323,10 @@ class Monitor:
                 raise InterventionError(
                     f"monitor direction length {self.direction.shape[0]} does not match hidden size {hidden.shape[-1]}"
                 )
-            values = (hidden.detach().float() @ self.direction.to(hidden.device)).cpu()
+            d = self._cast
+            if d is None or d.device != hidden.device or d.dtype != hidden.dtype:
+                d = self._cast = self.direction.to(device=hidden.device, dtype=hidden.dtype)
+            values = hidden.detach() @ d  # stays on the device; readings() copies
             start = self._offset
             self._offset += values.shape[-1]
             self._chunks.append(values)
@@ -333,7 +338,7 @@ class Monitor:
     def readings(self) -> torch.Tensor:
         if not self._chunks:
             return torch.zeros(0, 0)
-        return torch.cat(self._chunks, dim=-1)
+        return torch.cat(self._chunks, dim=-1).float().cpu()
 
 
 Intervention = Cap | Steer | Live | Capture | Monitor
@@ -386,9 +391,9 @@ def _edit_hook(handle: Handle, layer: int, source: Cap | Steer | Live) -> Callab
             raise InterventionError(f"cap direction length {direction.shape[0]} does not match hidden size {hidden.shape[-1]}")
         tau = record.thresholds[layer]
         u = direction.to(device=hidden.device, dtype=hidden.dtype)
-        capped, delta = cap_floor(hidden, u, tau)
-        handle.cap_log.record(layer, tau, version, hidden.detach() @ u, delta)
-        if capped is hidden:
+        capped, delta, before = cap_floor_with_projection(hidden, u, tau)
+        handle.cap_log.record(layer, tau, version, before.detach(), delta.detach())
+        if capped is hidden:  # tau = -inf: nothing to do
             return None
         return replace_block_output(output, capped)
 

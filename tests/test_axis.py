@@ -71,6 +71,7 @@ def test_cap_floor_formula() -> None:
     torch.testing.assert_close(delta, torch.tensor([2.0, 0.0, 2.0 - float(h[2] @ u)]))
     same, none = cap_floor(h, u, -float("inf"))
     assert same is h and float(none.sum()) == 0
+    assert torch.equal(cap_floor(h, u, -1.0)[0], h)  # nothing below the floor: bit-identical
 
 
 def test_steer_and_normalised_scale() -> None:
