@@ -74,6 +74,43 @@ def cmd_chat(args: argparse.Namespace) -> int:
         turns.append({"role": "assistant", "content": loaded.tokenizer.decode(new, skip_special_tokens=True)})
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.builder import BuildSettings, build, parse_shard
+    from backend.catalogue import load_catalogue
+
+    settings = BuildSettings(
+        prompts_per_role=args.prompts_per_role,
+        questions_per_role=args.questions_per_role,
+        default_questions=args.default_questions,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        judge=args.judge,
+        min_in_role=args.min_in_role,
+        roles=tuple(args.roles.split(",")) if args.roles else None,
+    )
+    shard = parse_shard(args.shard)
+    catalogue = load_catalogue(args.catalogue)
+    loaded = _load(args)
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.with_name(f".{out.name}.work")
+    build(loaded, catalogue, settings, out, work, shard, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from backend.space_info import format_info, space_info
+    from backend.store import load_space
+
+    info = space_info(load_space(args.space))
+    print(json.dumps(info) if args.json else format_info(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample (temperature 0.7, top-p 0.9) instead of greedy")
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("build", help="build a persona space: generate, capture, judge, role vectors, axis, PCA/UMAP")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="space folder to write, e.g. cached_activations/my-model")
+    p.add_argument("--work", default=None, help="folder for resumable per-chunk results (default: .<out>.work beside it)")
+    p.add_argument("--catalogue", default=None, help="folder with archetypes.json, questions.json, default_prompts.json")
+    p.add_argument("--roles", default=None, help="comma-separated subset of archetypes (default: all)")
+    p.add_argument("--prompts-per-role", type=int, default=5)
+    p.add_argument("--questions-per-role", type=int, default=8)
+    p.add_argument("--default-questions", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--judge", default="embedding", choices=["embedding", "none"])
+    p.add_argument("--min-in-role", type=int, default=10, help="drop roles with fewer score-3 answers")
+    p.add_argument("--shard", default=None, help="i/n: build every n-th chunk starting at i, into the work folder")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("info", help="describe a built space")
+    p.add_argument("space")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_info)
     return parser
 
 

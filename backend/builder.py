@@ -1,0 +1,557 @@
+"""The persona-space builder: generate -> capture -> judge -> role vectors -> space.
+
+Work is cut into fixed *chunks* of ``batch_size`` answers (default-Assistant answers first, then the archetypes in
+catalogue order, prompts then questions). A chunk is generated in one batch (left padding) with its own seed,
+and the residual stream is captured during generation: the per-answer mean over the answer's own content tokens
+(no template, system or user tokens, no EOS), at every layer. Each finished chunk is written to the work folder
+at once, so a killed build continues where it stopped and gives the same result; ``--shard i/n`` builds every
+n-th chunk, and shards written to one work folder (or copied into one) merge into exactly the space one run gives.
+
+Generation runs one token past ``max_new_tokens`` so that the last kept token is fed back through the model and
+its activation exists; the extra token is discarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.axis import compute_axis, fit_pca, percentile_thresholds, project
+from backend.catalogue import DEFAULT_ROLE, QUESTION_KINDS, Catalogue, Question
+from backend.chat import encode_prompt
+from backend.errors import PersonaSpaceError
+from backend.interventions import Capture, intervene
+from backend.models import LoadedModel
+from backend.store import write_space
+
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    prompts_per_role: int = 5
+    questions_per_role: int = 8
+    default_questions: int = 40
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    batch_size: int = 48
+    judge: str = "embedding"
+    min_in_role: int = 10
+    percentiles: tuple[float, ...] = (1.0, 25.0, 50.0, 75.0)
+    pca_components: int = 20
+    umap_neighbors: int = 15
+    roles: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "prompts_per_role": (self.prompts_per_role, 1, 100),
+            "questions_per_role": (self.questions_per_role, 1, 10_000),
+            "default_questions": (self.default_questions, 1, 10_000),
+            "max_new_tokens": (self.max_new_tokens, 1, 4096),
+            "batch_size": (self.batch_size, 1, 4096),
+            "min_in_role": (self.min_in_role, 1, 100_000),
+            "pca_components": (self.pca_components, 1, 10_000),
+            "umap_neighbors": (self.umap_neighbors, 2, 1000),
+        }
+        for name, (value, lo, hi) in checks.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise PersonaSpaceError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+        if not (0 < self.temperature <= 5 and 0 < self.top_p <= 1):
+            raise PersonaSpaceError(f"need 0 < temperature <= 5 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        for p in self.percentiles:
+            if not (math.isfinite(p) and 0 <= p <= 100):
+                raise PersonaSpaceError(f"percentiles must be in [0, 100], got {p}")
+
+    def generation_key(self) -> str:
+        """Hash of everything that changes the generated answers (not the judge or the space's math)."""
+        fields = {k: v for k, v in asdict(self).items() if k in GENERATION_FIELDS}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+GENERATION_FIELDS = (
+    "prompts_per_role", "questions_per_role", "default_questions", "max_new_tokens", "temperature", "top_p",
+    "seed", "batch_size", "roles",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One answer to generate: a role (or the default), one of its system prompts, one question."""
+
+    role: str
+    prompt: str  # prompt index ("0".."4") or default prompt id
+    question: str  # question id
+    system: str | None
+    text: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}|{self.prompt}|{self.question}"
+
+
+def select_questions(questions: Sequence[Question], k: int, seed: int) -> list[Question]:
+    """``k`` questions balanced over kinds: a seeded shuffle within each kind, then round-robin across kinds.
+
+    Every selection is a prefix of a longer one, so the roles' questions are also among the defaults'.
+    """
+    rng = random.Random(seed)
+    by_kind: dict[str, list[Question]] = {kind: [q for q in questions if q.kind == kind] for kind in QUESTION_KINDS}
+    for pool in by_kind.values():
+        rng.shuffle(pool)
+    ordered: list[Question] = []
+    while len(ordered) < min(k, len(questions)):
+        for kind in QUESTION_KINDS:
+            if by_kind[kind] and len(ordered) < k:
+                ordered.append(by_kind[kind].pop(0))
+    return ordered
+
+
+def plan_units(catalogue: Catalogue, settings: BuildSettings, model_name: str) -> list[Unit]:
+    """Every answer of the build, in a fixed order: defaults first, then roles (prompts, then questions)."""
+    selection = select_questions(catalogue.questions, max(settings.questions_per_role, settings.default_questions), settings.seed)
+    role_questions = selection[: settings.questions_per_role]
+    default_questions = selection[: settings.default_questions]
+    units = [Unit(DEFAULT_ROLE, d.id, q.id, d.render(model_name), q.text) for d in catalogue.defaults for q in default_questions]
+    names = settings.roles if settings.roles is not None else tuple(a.name for a in catalogue.archetypes)
+    for name in names:
+        archetype = catalogue.archetype(name)
+        for p, system in enumerate(archetype.prompts[: settings.prompts_per_role]):
+            units.extend(Unit(name, str(p), q.id, system, q.text) for q in role_questions)
+    return units
+
+
+def chunks_of(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
+    return [list(units[i : i + batch_size]) for i in range(0, len(units), batch_size)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise PersonaSpaceError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from exc
+    if not (n >= 1 and 0 <= i < n):
+        raise PersonaSpaceError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def _stop_ids(loaded: LoadedModel) -> list[int]:
+    ids: set[int] = set()
+    for source in (loaded.model.generation_config, loaded.tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        ids.update([value] if isinstance(value, int) else list(value or []))
+    if loaded.tokenizer.pad_token_id is not None:
+        ids.add(int(loaded.tokenizer.pad_token_id))
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def generate_chunk(
+    loaded: LoadedModel, units: Sequence[Unit], settings: BuildSettings, seed: int
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Generate a chunk's answers and capture their per-layer mean activations.
+
+    Returns ``(means (B, L, d) float32, records)``; each record has the answer text, its token ids and count, and
+    whether it was cut at ``max_new_tokens``.
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
+    prompts = [encode_prompt(tokenizer, u.system, [{"role": "user", "content": u.text}]) for u in units]
+    width = max(len(p) for p in prompts)
+    pad = int(tokenizer.pad_token_id)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    stop = torch.tensor(_stop_ids(loaded), device=device)
+    limit = settings.max_new_tokens
+    fed: dict[str, torch.Tensor] = {}
+
+    def remember_ids(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        fed["ids"] = args[0]
+
+    def mask(start: int, n: int) -> torch.Tensor:
+        positions = torch.arange(start, start + n, device=device)
+        inside = (positions >= width) & (positions < width + limit)
+        return inside[None, :] & ~torch.isin(fed["ids"], stop)
+
+    capture = Capture(mask=mask)
+    hook = model.get_input_embeddings().register_forward_pre_hook(remember_ids)
+    try:
+        torch.manual_seed(seed)
+        with intervene(model, capture, layers_path=loaded.info.layers_path):
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                max_new_tokens=limit + 1,
+                do_sample=True,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                top_k=0,
+                pad_token_id=pad,
+            )
+    finally:
+        hook.remove()
+    records = []
+    stop_set = set(stop.tolist())
+    for row in out[:, width:].tolist():
+        answer: list[int] = []
+        for token in row[:limit]:
+            if token in stop_set:
+                break
+            answer.append(token)
+        truncated = len(answer) == limit and not (len(row) > limit and row[limit] in stop_set)
+        records.append(
+            {
+                "tokens": answer,
+                "n_tokens": len(answer),
+                "truncated": truncated,
+                "text": tokenizer.decode(answer, skip_special_tokens=True),
+            }
+        )
+    counts = capture.count
+    for record, count in zip(records, counts.tolist(), strict=True):
+        if int(count) != record["n_tokens"]:
+            raise PersonaSpaceError(f"captured {int(count)} positions for an answer of {record['n_tokens']} tokens")
+    return capture.mean(), records
+
+
+@torch.inference_mode()
+def teacher_forced_means(loaded: LoadedModel, units: Sequence[Unit], answers: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Reference: one teacher-forced pass over prompt + answer, mean over the answer tokens -> ``(B, L, d)``."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
+    seqs, spans = [], []
+    for unit, answer in zip(units, answers, strict=True):
+        prompt = encode_prompt(tokenizer, unit.system, [{"role": "user", "content": unit.text}])
+        seqs.append(prompt + list(answer))
+        spans.append((len(prompt), len(prompt) + len(answer)))
+    width = max(len(s) for s in seqs)
+    pad = int(tokenizer.pad_token_id)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for row, (seq, (a, b)) in enumerate(zip(seqs, spans, strict=True)):
+        offset = width - len(seq)
+        mask[row, offset + a : offset + b] = True
+    positions = (attention.cumsum(1) - 1).clamp_min(0)
+    capture = Capture(mask=mask)
+    with intervene(model, capture, layers_path=loaded.info.layers_path):
+        model(input_ids=ids, attention_mask=attention, position_ids=positions)
+    return capture.mean()
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
+
+
+@dataclass
+class WorkFolder:
+    """Per-chunk results on disk: ``chunks/NNNNN.safetensors`` (means) + ``NNNNN.json`` (answers)."""
+
+    root: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def open(self, key: str, model_fingerprint: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "chunks").mkdir(exist_ok=True)
+        marker = self.root / "work.json"
+        expected = {"generation_key": key, "model_fingerprint": model_fingerprint, "build_version": BUILD_VERSION}
+        if marker.exists():
+            try:
+                found = json.loads(marker.read_text())
+            except json.JSONDecodeError as exc:
+                raise PersonaSpaceError(f"{marker} is corrupt; delete the work folder {self.root} to start over") from exc
+            if found != expected:
+                raise PersonaSpaceError(
+                    f"work folder {self.root} holds answers made with other settings or another model ({found}); "
+                    "use another --work folder or delete this one"
+                )
+        else:
+            marker.write_text(json.dumps(expected))
+
+    def paths(self, index: int) -> tuple[Path, Path]:
+        return self.root / "chunks" / f"{index:05d}.safetensors", self.root / "chunks" / f"{index:05d}.json"
+
+    def done(self, index: int) -> bool:
+        return self.paths(index)[1].exists()
+
+    def save(self, index: int, units: Sequence[Unit], means: torch.Tensor, records: list[dict[str, Any]]) -> None:
+        from safetensors.torch import save_file
+
+        tensor_path, json_path = self.paths(index)
+        tmp = tensor_path.with_suffix(".tmp")
+        save_file({"means": means.contiguous()}, str(tmp))
+        os.replace(tmp, tensor_path)
+        payload = {"units": [asdict(u) for u in units], "answers": records, "sha256": _sha(tensor_path)}
+        tmp_json = json_path.with_suffix(".jtmp")
+        tmp_json.write_text(json.dumps(payload, ensure_ascii=False))
+        os.replace(tmp_json, json_path)  # the chunk counts as done only once this exists
+
+    def load(self, index: int) -> tuple[list[Unit], torch.Tensor, list[dict[str, Any]]]:
+        from safetensors.torch import load_file
+
+        tensor_path, json_path = self.paths(index)
+        payload = json.loads(json_path.read_text())
+        if _sha(tensor_path) != payload["sha256"]:
+            raise PersonaSpaceError(f"chunk file {tensor_path} is corrupt; delete {json_path} and rerun to regenerate it")
+        return [Unit(**u) for u in payload["units"]], load_file(str(tensor_path))["means"], payload["answers"]
+
+
+def _sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _progress(total: int, desc: str, initial: int = 0) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="chunk", dynamic_ncols=True, mininterval=2.0)
+
+
+def run_generation(
+    loaded: LoadedModel, units: list[Unit], settings: BuildSettings, work: WorkFolder, shard: tuple[int, int] = (0, 1)
+) -> int:
+    """Generate and capture every chunk of this shard not yet in the work folder; returns chunks generated."""
+    chunks = chunks_of(units, settings.batch_size)
+    mine = [i for i in range(len(chunks)) if i % shard[1] == shard[0]]
+    todo = [i for i in mine if not work.done(i)]
+    bar = _progress(len(mine), "generate+capture", initial=len(mine) - len(todo))
+    for index in todo:
+        means, records = generate_chunk(loaded, chunks[index], settings, chunk_seed(settings.seed, index))
+        work.save(index, chunks[index], means, records)
+        bar.update(1)
+    bar.close()
+    return len(todo)
+
+
+def collect(
+    work: WorkFolder, units: list[Unit], settings: BuildSettings
+) -> tuple[list[Unit], torch.Tensor, list[dict[str, Any]]]:
+    """All chunks, in order; a missing chunk (an unfinished shard) is an error that says which."""
+    chunks = chunks_of(units, settings.batch_size)
+    missing = [i for i in range(len(chunks)) if not work.done(i)]
+    if missing:
+        raise PersonaSpaceError(
+            f"{len(missing)} of {len(chunks)} chunks are not built yet (first: {missing[:5]}); run the missing shards"
+        )
+    all_units: list[Unit] = []
+    means: list[torch.Tensor] = []
+    records: list[dict[str, Any]] = []
+    for i in range(len(chunks)):
+        u, m, r = work.load(i)
+        if [x.key for x in u] != [x.key for x in chunks[i]]:
+            raise PersonaSpaceError(f"chunk {i} in {work.root} does not hold the answers this plan expects")
+        all_units += u
+        means.append(m)
+        records += r
+    return all_units, torch.cat(means), records
+
+
+def make_judge(name: str, catalogue: Catalogue) -> Any:
+    from backend.judge import EmbeddingJudge, NoJudge
+
+    if name == "embedding":
+        return EmbeddingJudge(catalogue.archetypes)
+    if name == "none":
+        return NoJudge()
+    raise PersonaSpaceError(f"unknown judge {name!r}; choose embedding or none")
+
+
+def run_judge(judge: Any, units: list[Unit], records: list[dict[str, Any]], work: WorkFolder) -> dict[str, tuple[int, str]]:
+    """Scores of every role answer (defaults are not judged), cached in the work folder per judge."""
+    path = work.root / f"judge-{judge.name}.json"
+    cached: dict[str, list[Any]] = json.loads(path.read_text()) if path.exists() else {}
+    todo = [(u, r) for u, r in zip(units, records, strict=True) if u.role != DEFAULT_ROLE and u.key not in cached]
+    step = 256
+    bar = _progress(len(todo), f"judge ({judge.name})")
+    for start in range(0, len(todo), step):
+        part = todo[start : start + step]
+        scores = judge.score([u.role for u, _ in part], [r["text"] for _, r in part])
+        for (u, _), s in zip(part, scores, strict=True):
+            cached[u.key] = [s.score, s.reason]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached))
+        os.replace(tmp, path)
+        bar.update(len(part))
+    bar.close()
+    return {k: (int(v[0]), str(v[1])) for k, v in cached.items()}
+
+
+def fit_umap(vectors: np.ndarray, n_components: int, neighbors: int, seed: int) -> Any:
+    try:
+        import umap
+    except ImportError as exc:  # pragma: no cover
+        raise PersonaSpaceError("UMAP layouts need: pip install umap-learn") from exc
+    reducer = umap.UMAP(
+        n_components=n_components, n_neighbors=max(2, min(neighbors, len(vectors) - 1)), metric="cosine", random_state=seed,
+        init="random" if len(vectors) <= n_components + 1 else "spectral",
+    )  # fmt: skip
+    reducer.fit(vectors)
+    return reducer
+
+
+def build_space(
+    loaded: LoadedModel,
+    catalogue: Catalogue,
+    settings: BuildSettings,
+    units: list[Unit],
+    means: torch.Tensor,
+    records: list[dict[str, Any]],
+    scores: dict[str, tuple[int, str]],
+    started: float,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Role vectors, axis, PCA/UMAP, thresholds and the manifest, from every answer's mean activation."""
+    info = loaded.info
+    L = info.n_layers
+    target = info.target_layer
+    is_default = torch.tensor([u.role == DEFAULT_ROLE for u in units])
+    empty = torch.tensor([r["n_tokens"] == 0 for r in records])
+    default_vectors = means[is_default & ~empty]
+    if len(default_vectors) == 0:
+        raise PersonaSpaceError("no default-Assistant answer had any token; cannot place the Assistant")
+    default_vector = default_vectors.mean(0)
+    role_names = settings.roles if settings.roles is not None else tuple(a.name for a in catalogue.archetypes)
+    role_entries: list[dict[str, Any]] = []
+    kept_vectors: list[torch.Tensor] = []
+    for name in role_names:
+        idx = [i for i, u in enumerate(units) if u.role == name]
+        judged = [scores.get(units[i].key, (0, "missing"))[0] if records[i]["n_tokens"] > 0 else -1 for i in idx]
+        in_role = [i for i, s in zip(idx, judged, strict=True) if s == 3]
+        histogram = {str(s): judged.count(s) for s in (0, 1, 2, 3)}
+        archetype = catalogue.archetype(name)
+        entry: dict[str, Any] = {
+            "name": name, "category": archetype.category, "description": archetype.description,
+            "answers": len(idx), "empty_answers": judged.count(-1), "scores": histogram, "in_role": len(in_role),
+        }  # fmt: skip
+        if len(in_role) >= settings.min_in_role:
+            entry["kept"] = True
+            kept_vectors.append(means[in_role].mean(0))
+            example = min(in_role, key=lambda i: abs(records[i]["n_tokens"] - settings.max_new_tokens * 0.75))
+            entry["example"] = {"question": units[example].text, "answer": records[example]["text"]}
+        else:
+            entry["kept"] = False
+            entry["dropped"] = (
+                f"{len(in_role)} in-role (score 3) answers of {len(idx)}, fewer than the minimum {settings.min_in_role}"
+            )
+        role_entries.append(entry)
+    if len(kept_vectors) < 3:
+        raise PersonaSpaceError(f"only {len(kept_vectors)} roles kept (need at least 3); lower --min-in-role or add answers")
+    role_vectors = torch.stack(kept_vectors)
+    axis = compute_axis(default_vector, role_vectors)
+    k = min(settings.pca_components, len(kept_vectors) - 1, info.hidden)
+    pca_mean, pca_components, pca_evr, pca_coords, pca_default, pc1_cos = [], [], [], [], [], []
+    for layer in range(L):
+        pca = fit_pca(role_vectors[:, layer], axis=axis[layer], n_components=k)
+        pca_mean.append(torch.from_numpy(pca.mean).float())
+        pca_components.append(torch.from_numpy(pca.components).float())
+        pca_evr.append(torch.from_numpy(pca.explained_variance_ratio).float())
+        pca_coords.append(torch.from_numpy(pca.coords).float())
+        pca_default.append(torch.from_numpy(pca.transform(default_vector[layer][None].numpy())[0]).float())
+        pc1_cos.append(pca.axis_cosine(axis[layer].numpy()))
+    usable = ~empty
+    pool = torch.stack([project(means[usable][:, layer], axis[layer]) for layer in range(L)], dim=1)
+    thresholds = percentile_thresholds(pool, settings.percentiles)
+    tensors: dict[str, torch.Tensor] = {
+        "role_vectors": role_vectors.float(),
+        "default_vector": default_vector.float(),
+        "axis": axis.float(),
+        "pca_mean": torch.stack(pca_mean),
+        "pca_components": torch.stack(pca_components),
+        "pca_explained_variance": torch.stack(pca_evr),
+        "pca_role_coords": torch.stack(pca_coords),
+        "pca_default_coords": torch.stack(pca_default),
+        "axis_pc1_cosine": torch.tensor(pc1_cos, dtype=torch.float32),
+        "role_projections": torch.stack([project(role_vectors[:, layer], axis[layer]) for layer in range(L)], dim=1).float(),
+        "default_projection": project(default_vector, axis).float(),
+        "pool_projections": pool.float(),
+        "thresholds": torch.stack([thresholds[float(p)] for p in settings.percentiles]).float(),
+        "activation_norm": means[usable].norm(dim=-1).mean(0).float(),
+    }
+    x = role_vectors[:, target].double().numpy()
+    for dim in (2, 3):
+        reducer = fit_umap(x, dim, settings.umap_neighbors, settings.seed)
+        tensors[f"umap_{dim}d"] = torch.from_numpy(np.asarray(reducer.embedding_)).float()
+        tensors[f"umap_default_{dim}d"] = torch.from_numpy(
+            np.asarray(reducer.transform(default_vector[target].double().numpy()[None]))[0]
+        ).float()
+    kept_names = [e["name"] for e in role_entries if e["kept"]]
+    order = torch.argsort(tensors["role_projections"][:, target], descending=True).tolist()
+    import sklearn
+    import transformers
+
+    manifest: dict[str, Any] = {
+        "model": {"spec": info.spec, "name": info.name, "fingerprint": info.fingerprint, "architecture": info.architecture},
+        "n_layers": L,
+        "hidden": info.hidden,
+        "target_layer": target,
+        "cap_window": list(info.cap_window),
+        "percentiles": list(settings.percentiles),
+        "settings": asdict(settings),
+        "counts": {
+            "answers": len(units),
+            "default_answers": int(is_default.sum()),
+            "empty_answers": int(empty.sum()),
+            "truncated_answers": sum(1 for r in records if r["truncated"]),
+            "response_tokens": sum(r["n_tokens"] for r in records),
+            "roles_kept": len(kept_names),
+            "roles_dropped": len(role_entries) - len(kept_names),
+        },
+        "roles": role_entries,
+        "kept_order": kept_names,
+        "ranking": [kept_names[i] for i in order],
+        "versions": {
+            "persona_space_build": BUILD_VERSION,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "scikit_learn": sklearn.__version__,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.time() - started, 1),
+    }
+    return manifest, tensors
+
+
+def build(
+    loaded: LoadedModel,
+    catalogue: Catalogue,
+    settings: BuildSettings,
+    out: Path,
+    work_root: Path,
+    shard: tuple[int, int] = (0, 1),
+    log: Callable[[str], None] = print,
+) -> Path | None:
+    """Run the build; returns the space's folder, or ``None`` when only a shard was built."""
+    started = time.time()
+    units = plan_units(catalogue, settings, loaded.info.name)
+    work = WorkFolder(work_root)
+    work.open(settings.generation_key(), loaded.info.fingerprint)
+    n_chunks = len(chunks_of(units, settings.batch_size))
+    log(f"{len(units)} answers in {n_chunks} chunks of {settings.batch_size}; work folder {work_root}")
+    run_generation(loaded, units, settings, work, shard)
+    if shard[1] > 1:
+        log(f"shard {shard[0]}/{shard[1]} done; run the other shards into {work_root}, then build without --shard")
+        return None
+    units, means, records = collect(work, units, settings)
+    judge = make_judge(settings.judge, catalogue)
+    scores = run_judge(judge, units, records, work)
+    log("computing role vectors, axis, PCA, UMAP and thresholds")
+    manifest, tensors = build_space(loaded, catalogue, settings, units, means, records, scores, started)
+    path = write_space(out, manifest, tensors)
+    log(f"wrote {path} ({manifest['counts']['roles_kept']} roles kept, {manifest['counts']['roles_dropped']} dropped)")
+    return path

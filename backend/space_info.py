@@ -1,0 +1,56 @@
+"""What ``python -m backend info`` reports about a space."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backend.store import Space
+
+
+def space_info(space: Space) -> dict[str, Any]:
+    m, t = space.manifest, space.tensors
+    target = space.target_layer
+    kept = space.roles
+    projections = t["role_projections"][:, target].tolist()
+    return {
+        "path": str(space.path),
+        "model": m["model"]["name"],
+        "model_spec": m["model"].get("spec"),
+        "fingerprint": m["model"]["fingerprint"],
+        "n_layers": m["n_layers"],
+        "hidden": m["hidden"],
+        "target_layer": target,
+        "cap_window": m.get("cap_window"),
+        "roles": kept,
+        "dropped": {r["name"]: r.get("dropped", "dropped") for r in m["roles"] if not r.get("kept")},
+        "axis_pc1_cosine": [round(float(x), 4) for x in t["axis_pc1_cosine"]],
+        "pc1_variance_ratio": [round(float(x), 4) for x in t["pca_explained_variance"][:, 0]],
+        "projections": {name: round(float(p), 4) for name, p in zip(kept, projections, strict=True)},
+        "default_projection": round(float(t["default_projection"][target]), 4),
+        "thresholds": {
+            str(layer): {f"p{p:g}": round(float(t["thresholds"][i, layer]), 4) for i, p in enumerate(space.percentiles)}
+            for layer in range(m["n_layers"])
+        },
+        "counts": m.get("counts", {}),
+        "settings": m.get("settings", {}),
+        "created": m.get("created"),
+        "build_seconds": m.get("build_seconds"),
+    }
+
+
+def format_info(info: dict[str, Any], ends: int = 10) -> str:
+    lines = [
+        f"space       {info['path']}",
+        f"model       {info['model']} (weights {info['fingerprint'][:12]})",
+        f"layers      {info['n_layers']} x {info['hidden']}, target layer {info['target_layer']}, cap window {info['cap_window']}",
+        f"roles       {len(info['roles'])} kept, {len(info['dropped'])} dropped",
+        "layer  cos(PC1,axis)  PC1 var",
+    ]
+    for layer, (cos, var) in enumerate(zip(info["axis_pc1_cosine"], info["pc1_variance_ratio"], strict=True)):
+        mark = "  <- target" if layer == info["target_layer"] else ""
+        lines.append(f"{layer:>5}  {cos:>13.3f}  {var:>7.3f}{mark}")
+    ranked = sorted(info["projections"].items(), key=lambda kv: kv[1], reverse=True)
+    lines.append(f"default Assistant projection at the target layer: {info['default_projection']:.3f}")
+    lines.append("most Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[:ends]))
+    lines.append("least Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[-ends:][::-1]))
+    return "\n".join(lines)
