@@ -399,7 +399,7 @@ def fit_umap(vectors: np.ndarray, n_components: int, neighbors: int, seed: int) 
     except ImportError as exc:  # pragma: no cover
         raise PersonaSpaceError("UMAP layouts need: pip install umap-learn") from exc
     reducer = umap.UMAP(
-        n_components=n_components, n_neighbors=max(2, min(neighbors, len(vectors) - 1)), metric="cosine", random_state=seed,
+        n_components=n_components, n_neighbors=max(2, min(neighbors, len(vectors) - 1)), metric="cosine", random_state=seed, n_jobs=1,
         init="random" if len(vectors) <= n_components + 1 else "spectral",
     )  # fmt: skip
     reducer.fit(vectors)
@@ -418,8 +418,6 @@ def build_space(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Role vectors, axis, PCA/UMAP, thresholds and the manifest, from every answer's mean activation."""
     info = loaded.info
-    L = info.n_layers
-    target = info.target_layer
     is_default = torch.tensor([u.role == DEFAULT_ROLE for u in units])
     empty = torch.tensor([r["n_tokens"] == 0 for r in records])
     default_vectors = means[is_default & ~empty]
@@ -452,69 +450,121 @@ def build_space(
         role_entries.append(entry)
     if len(kept_vectors) < 3:
         raise PersonaSpaceError(f"only {len(kept_vectors)} roles kept (need at least 3); lower --min-in-role or add answers")
+    usable = ~empty
     role_vectors = torch.stack(kept_vectors)
     axis = compute_axis(default_vector, role_vectors)
-    k = min(settings.pca_components, len(kept_vectors) - 1, info.hidden)
-    pca_mean, pca_components, pca_evr, pca_coords, pca_default, pc1_cos = [], [], [], [], [], []
+    pool = torch.stack([project(means[usable][:, layer], axis[layer]) for layer in range(info.n_layers)], dim=1)
+    manifest, tensors = assemble_space(
+        model={"spec": info.spec, "name": info.name, "fingerprint": info.fingerprint, "architecture": info.architecture},
+        n_layers=info.n_layers,
+        hidden=info.hidden,
+        target_layer=info.target_layer,
+        cap_window=info.cap_window,
+        role_entries=role_entries,
+        role_vectors=role_vectors,
+        default_vector=default_vector,
+        pool_projections=pool,
+        activation_norm=means[usable].norm(dim=-1).mean(0),
+        percentiles=settings.percentiles,
+        pca_components=settings.pca_components,
+        umap_neighbors=settings.umap_neighbors,
+        seed=settings.seed,
+    )
+    manifest["settings"] = asdict(settings)
+    manifest["counts"] = {
+        "answers": len(units),
+        "default_answers": int(is_default.sum()),
+        "empty_answers": int(empty.sum()),
+        "truncated_answers": sum(1 for r in records if r["truncated"]),
+        "response_tokens": sum(r["n_tokens"] for r in records),
+        "roles_kept": len(kept_vectors),
+        "roles_dropped": len(role_entries) - len(kept_vectors),
+    }
+    manifest["build_seconds"] = round(time.time() - started, 1)
+    return manifest, tensors
+
+
+def assemble_space(
+    *,
+    model: dict[str, Any],
+    n_layers: int,
+    hidden: int,
+    target_layer: int,
+    cap_window: tuple[int, int],
+    role_entries: list[dict[str, Any]],
+    role_vectors: torch.Tensor,
+    default_vector: torch.Tensor,
+    pool_projections: torch.Tensor,
+    activation_norm: torch.Tensor,
+    percentiles: Sequence[float] = (1.0, 25.0, 50.0, 75.0),
+    pca_components: int = 20,
+    umap_neighbors: int = 15,
+    seed: int = 0,
+    thresholds: torch.Tensor | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Everything a space holds, from role vectors ``(R, L, d)`` (kept roles, in ``role_entries`` order), the
+    default vector ``(L, d)`` and a pool of per-answer projections ``(N, L)`` (or explicit ``thresholds``
+    ``(len(percentiles), L)`` when no pool exists, e.g. imported vectors)."""
+    L = n_layers
+    target = target_layer
+    kept_names = [e["name"] for e in role_entries if e.get("kept")]
+    if len(kept_names) != role_vectors.shape[0]:
+        raise PersonaSpaceError(f"{len(kept_names)} kept roles but {role_vectors.shape[0]} role vectors")
+    if len(kept_names) < 3:
+        raise PersonaSpaceError(f"only {len(kept_names)} roles kept (need at least 3); lower --min-in-role or add answers")
+    role_vectors = role_vectors.float()
+    default_vector = default_vector.float()
+    axis = compute_axis(default_vector, role_vectors)
+    k = min(pca_components, len(kept_names) - 1, hidden)
+    pca_mean, pca_comp, pca_evr, pca_coords, pca_default, pc1_cos = [], [], [], [], [], []
     for layer in range(L):
         pca = fit_pca(role_vectors[:, layer], axis=axis[layer], n_components=k)
         pca_mean.append(torch.from_numpy(pca.mean).float())
-        pca_components.append(torch.from_numpy(pca.components).float())
+        pca_comp.append(torch.from_numpy(pca.components).float())
         pca_evr.append(torch.from_numpy(pca.explained_variance_ratio).float())
         pca_coords.append(torch.from_numpy(pca.coords).float())
-        pca_default.append(torch.from_numpy(pca.transform(default_vector[layer][None].numpy())[0]).float())
-        pc1_cos.append(pca.axis_cosine(axis[layer].numpy()))
-    usable = ~empty
-    pool = torch.stack([project(means[usable][:, layer], axis[layer]) for layer in range(L)], dim=1)
-    thresholds = percentile_thresholds(pool, settings.percentiles)
+        pca_default.append(torch.from_numpy(pca.transform(default_vector[layer][None].double().numpy())[0]).float())
+        pc1_cos.append(pca.axis_cosine(axis[layer].double().numpy()))
+    if thresholds is None:
+        by_p = percentile_thresholds(pool_projections.float(), percentiles)
+        thresholds = torch.stack([by_p[float(p)] for p in percentiles])
     tensors: dict[str, torch.Tensor] = {
-        "role_vectors": role_vectors.float(),
-        "default_vector": default_vector.float(),
+        "role_vectors": role_vectors,
+        "default_vector": default_vector,
         "axis": axis.float(),
         "pca_mean": torch.stack(pca_mean),
-        "pca_components": torch.stack(pca_components),
+        "pca_components": torch.stack(pca_comp),
         "pca_explained_variance": torch.stack(pca_evr),
         "pca_role_coords": torch.stack(pca_coords),
         "pca_default_coords": torch.stack(pca_default),
         "axis_pc1_cosine": torch.tensor(pc1_cos, dtype=torch.float32),
         "role_projections": torch.stack([project(role_vectors[:, layer], axis[layer]) for layer in range(L)], dim=1).float(),
         "default_projection": project(default_vector, axis).float(),
-        "pool_projections": pool.float(),
-        "thresholds": torch.stack([thresholds[float(p)] for p in settings.percentiles]).float(),
-        "activation_norm": means[usable].norm(dim=-1).mean(0).float(),
+        "pool_projections": pool_projections.float(),
+        "thresholds": thresholds.float(),
+        "activation_norm": activation_norm.float(),
     }
     x = role_vectors[:, target].double().numpy()
     for dim in (2, 3):
-        reducer = fit_umap(x, dim, settings.umap_neighbors, settings.seed)
+        reducer = fit_umap(x, dim, umap_neighbors, seed)
         tensors[f"umap_{dim}d"] = torch.from_numpy(np.asarray(reducer.embedding_)).float()
-        tensors[f"umap_default_{dim}d"] = torch.from_numpy(
-            np.asarray(reducer.transform(default_vector[target].double().numpy()[None]))[0]
-        ).float()
-    kept_names = [e["name"] for e in role_entries if e["kept"]]
+        placed = reducer.transform(default_vector[target].double().numpy()[None])
+        tensors[f"umap_default_{dim}d"] = torch.from_numpy(np.asarray(placed)[0]).float()
     order = torch.argsort(tensors["role_projections"][:, target], descending=True).tolist()
     import sklearn
     import transformers
 
     manifest: dict[str, Any] = {
-        "model": {"spec": info.spec, "name": info.name, "fingerprint": info.fingerprint, "architecture": info.architecture},
+        "model": model,
         "n_layers": L,
-        "hidden": info.hidden,
+        "hidden": hidden,
         "target_layer": target,
-        "cap_window": list(info.cap_window),
-        "percentiles": list(settings.percentiles),
-        "settings": asdict(settings),
-        "counts": {
-            "answers": len(units),
-            "default_answers": int(is_default.sum()),
-            "empty_answers": int(empty.sum()),
-            "truncated_answers": sum(1 for r in records if r["truncated"]),
-            "response_tokens": sum(r["n_tokens"] for r in records),
-            "roles_kept": len(kept_names),
-            "roles_dropped": len(role_entries) - len(kept_names),
-        },
+        "cap_window": list(cap_window),
+        "percentiles": [float(p) for p in percentiles],
         "roles": role_entries,
         "kept_order": kept_names,
         "ranking": [kept_names[i] for i in order],
+        "umap": {"metric": "cosine", "n_neighbors": max(2, min(umap_neighbors, len(kept_names) - 1)), "random_state": seed},
         "versions": {
             "persona_space_build": BUILD_VERSION,
             "torch": torch.__version__,
@@ -522,7 +572,6 @@ def build_space(
             "scikit_learn": sklearn.__version__,
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": round(time.time() - started, 1),
     }
     return manifest, tensors
 
