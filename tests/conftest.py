@@ -28,3 +28,28 @@ def smollm():  # type: ignore[no-untyped-def]
     from backend.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():  # type: ignore[no-untyped-def]
+    """The embedded model's tokenizer (chat template included), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    from backend.models import cache_dir, resolve
+
+    folder, _, _ = resolve("smollm2-135m", cache_dir())
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(smol_tokenizer):  # type: ignore[no-untyped-def]
+    """A tiny random Llama with the embedded model's tokenizer: a chat model for plumbing tests."""
+    from backend.models import LoadedModel, describe
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
+    model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
+    info = describe(model, smol_tokenizer, spec="tiny-llama", name="tiny-llama", source="random", fingerprint="tiny-0")
+    return LoadedModel(model=model, tokenizer=smol_tokenizer, info=info)

@@ -1,0 +1,97 @@
+"""Builder throughput: generate + capture (what `python -m backend build` does per chunk) vs plain batched
+`generate` on the same prompts, same seed, alternating in one process. The last line is JSON.
+
+    python bench/build.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from backend.builder import BuildSettings, _stop_ids, chunks_of, generate_chunk, plan_units
+from backend.catalogue import load_catalogue
+from backend.chat import encode_prompt
+from backend.models import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 chunk (a few minutes on 2 cores)")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 4)
+
+    loaded = load_model(args.model)
+    model, tok = loaded.model, loaded.tokenizer
+    settings = BuildSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    units = chunks_of(plan_units(load_catalogue(), settings, loaded.info.name), settings.batch_size)[1]  # a chunk of roles
+    device = next(model.parameters()).device
+    stop = set(_stop_ids(loaded))
+
+    def plain(seed: int) -> int:
+        prompts = [encode_prompt(tok, u.system, [{"role": "user", "content": u.text}]) for u in units]
+        width = max(len(p) for p in prompts)
+        pad = int(tok.pad_token_id)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=attention, max_new_tokens=settings.max_new_tokens, do_sample=True,
+                temperature=settings.temperature, top_p=settings.top_p, top_k=0, pad_token_id=pad,
+            )  # fmt: skip
+        total = 0
+        for row in out[:, width:].tolist():
+            for token in row:
+                if token in stop:
+                    break
+                total += 1
+        return total
+
+    def built(seed: int) -> int:
+        _, records = generate_chunk(loaded, units, settings, seed)
+        return sum(r["n_tokens"] for r in records)
+
+    def timed(fn, seed: int) -> float:  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        n = fn(seed)
+        return n / (time.perf_counter() - t0)
+
+    timed(plain, 0)
+    timed(built, 0)
+    plain_rates, build_rates = [], []
+    for r in range(rounds):
+        plain_rates.append(timed(plain, r + 1))
+        build_rates.append(timed(built, r + 1))
+        print(f"plain {plain_rates[-1]:.1f} tok/s   build {build_rates[-1]:.1f} tok/s", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "model": loaded.info.name,
+                "device": loaded.info.device,
+                "threads": torch.get_num_threads(),
+                "batch_size": settings.batch_size,
+                "max_new_tokens": settings.max_new_tokens,
+                "rounds": rounds,
+                "plain_tok_s": round(statistics.median(plain_rates), 2),
+                "build_tok_s": round(statistics.median(build_rates), 2),
+                "ratio": round(statistics.median(b / p for b, p in zip(build_rates, plain_rates, strict=True)), 4),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
