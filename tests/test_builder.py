@@ -186,6 +186,6 @@ def test_catalogue_validation(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(CatalogueError, match="has category 'wizardry'"):
         load_catalogue(broken(lambda a: a[7].update(category="wizardry")))
     folder = broken(lambda a: None)
-    (folder / "questions.json").write_text("[{\"id\": \"q1\", \"kind\": \"self\"")
+    (folder / "questions.json").write_text('[{"id": "q1", "kind": "self"')
     with pytest.raises(CatalogueError, match="questions.json is not valid JSON"):
         load_catalogue(folder)
