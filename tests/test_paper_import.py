@@ -206,7 +206,9 @@ def test_pickled_object_is_refused_and_never_run(tmp_path: Path) -> None:
     write_release(tmp_path)
     marker = tmp_path / "marker"
     torch.save(Payload(str(marker)), tmp_path / "role_vectors" / "role_03.pt")
-    with pytest.raises(SpaceError, match=r"role_vectors/role_03\.pt is not a plain tensor file \(it holds Python objects") as info:
+    with pytest.raises(
+        SpaceError, match=r"role_vectors/role_03\.pt is not a plain tensor file \(it holds Python objects"
+    ) as info:
         import_paper_vectors(tmp_path, tmp_path / "space")
     assert "weights_only=False" not in str(info.value)
     assert not marker.exists()
