@@ -370,7 +370,11 @@ def make_judge(name: str, catalogue: Catalogue) -> Any:
         return EmbeddingJudge(catalogue.archetypes)
     if name == "none":
         return NoJudge()
-    raise PersonaSpaceError(f"unknown judge {name!r}; choose embedding or none")
+    if name == "openai":
+        from backend.llm_judge import OpenAIJudge
+
+        return OpenAIJudge.from_env(catalogue.archetypes)
+    raise PersonaSpaceError(f"unknown judge {name!r}; choose embedding, none or openai")
 
 
 def run_judge(judge: Any, units: list[Unit], records: list[dict[str, Any]], work: WorkFolder) -> dict[str, tuple[int, str]]:

@@ -111,6 +111,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_paper_vectors(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.paper_import import import_paper_vectors
+
+    path, report = import_paper_vectors(
+        Path(args.folder), Path(args.out), model_name=args.model_name, target_layer=args.target_layer
+    )
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        cos = report["axis_cosine"]
+        print(
+            f"wrote {path}: {report['roles']} roles, {report['traits']} traits, {report['n_layers']} layers x {report['hidden']}"
+        )
+        print(f"released axis vs default - mean(roles): cosine min {cos['min']:.4f}, mean {cos['mean']:.4f}")
+        for preset in report.get("cap_presets", []):
+            print(f"cap preset {preset}")
+        for skipped in report.get("skipped_presets", []):
+            print(f"skipped cap preset {skipped}")
+        for warning in report.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,10 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--judge", default="embedding", choices=["embedding", "none"])
+    p.add_argument(
+        "--judge",
+        default="embedding",
+        choices=["embedding", "none", "openai"],
+        help="role-adherence judge: offline MiniLM embeddings (default), none, or an OpenAI-compatible endpoint "
+        "(PERSONA_SPACE_JUDGE_BASE_URL, _MODEL, _API_KEY, _CONCURRENCY, _RPM)",
+    )
     p.add_argument("--min-in-role", type=int, default=10, help="drop roles with fewer score-3 answers")
     p.add_argument("--shard", default=None, help="i/n: build every n-th chunk starting at i, into the work folder")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("import-paper-vectors", help="import the paper's released vectors (.pt, read with weights_only=True)")
+    p.add_argument(
+        "folder", help="folder with assistant_axis.pt, default_vector.pt, role_vectors/, [trait_vectors/, capping_config.pt]"
+    )
+    p.add_argument("--out", required=True, help="space folder to write, e.g. cached_activations/qwen3-32b-paper")
+    p.add_argument("--model-name", default=None, help="name to record (default: the folder's name)")
+    p.add_argument("--target-layer", type=int, default=None, help="override the inferred target layer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import_paper_vectors)
 
     p = sub.add_parser("info", help="describe a built space")
     p.add_argument("space")

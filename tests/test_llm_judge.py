@@ -68,10 +68,10 @@ def server() -> Iterator[Server]:
             with srv.lock:
                 n = len(srv.seen)
                 srv.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            if self.path != "/v1/chat/completions":
-                status, headers, payload = 404, {}, {"error": {"message": f"no route {self.path}"}}
-            else:
-                status, headers, payload = srv.respond(body, n)
+            reply: Reply = (404, {}, {"error": {"message": f"no route {self.path}"}})
+            if self.path == "/v1/chat/completions":
+                reply = srv.respond(body, n)
+            status, headers, payload = reply
             data = (json.dumps(payload) if not isinstance(payload, str) else payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
