@@ -136,6 +136,19 @@ def cmd_import_paper_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from backend.worker.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(
+        args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=args.token,
+        device=args.device, cache=args.cache, trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-layer", type=int, default=None, help="override the inferred target layer")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import_paper_vectors)
+
+    p = sub.add_parser("serve", help="run the model worker (HTTP API with streamed tokens and live controls)")
+    _add_model_args(p)
+    p.add_argument("--space", default="cached_activations/smollm2-135m", help="the persona space built for --model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--db", default=None, help="SQLite file for sessions (default: worker.sqlite3 in the cache folder)")
+    p.add_argument("--token", default=None, help="bearer token required on every request (or PERSONA_SPACE_TOKEN)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="describe a built space")
     p.add_argument("space")

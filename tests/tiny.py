@@ -20,7 +20,7 @@ def tiny_config(arch: str, n_layers: int = 4, vocab: int = VOCAB) -> Any:
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=2048,
         **common,
     )
     if arch == "llama":
@@ -38,14 +38,14 @@ def tiny_config(arch: str, n_layers: int = 4, vocab: int = VOCAB) -> Any:
     if arch == "phi3":
         return T.Phi3Config(**decoder)
     if arch == "gpt2":
-        return T.GPT2Config(n_embd=32, n_layer=n_layers, n_head=4, n_positions=256, **common)
+        return T.GPT2Config(n_embd=32, n_layer=n_layers, n_head=4, n_positions=2048, **common)
     if arch == "gpt_neox":
         return T.GPTNeoXConfig(
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=n_layers,
             num_attention_heads=4,
-            max_position_embeddings=256,
+            max_position_embeddings=2048,
             **common,
         )
     raise ValueError(arch)

@@ -1,0 +1,79 @@
+"""Request and response bodies of the worker's HTTP API (validated by pydantic: finite numbers, bounded sizes)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_MESSAGE_CHARS = 8000
+MAX_SYSTEM_CHARS = 4000
+MAX_NEW_TOKENS = 1024
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Controls(Strict):
+    """Per-session generation controls. Layer windows are half-open ``[start, stop)``."""
+
+    cap_enabled: bool = False
+    cap_percentile: float | None = Field(75.0, ge=0, le=100, description="threshold as a percentile of the space's pool")
+    cap_threshold: float | None = Field(None, description="absolute threshold at every capped layer (overrides the percentile)")
+    cap_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the space's cap window")
+    steer_coefficient: float = Field(0.0, ge=-4, le=4, description="multiples of the layer's mean activation norm")
+    steer_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the target layer only")
+    temperature: float = Field(0.7, gt=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+    greedy: bool = True
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    max_new_tokens: int = Field(160, ge=1, le=MAX_NEW_TOKENS)
+
+    @model_validator(mode="after")
+    def _windows(self) -> Controls:
+        for name in ("cap_layers", "steer_layers"):
+            window = getattr(self, name)
+            if window is not None and not (0 <= window[0] < window[1]):
+                raise ValueError(f"{name} must be [start, stop) with 0 <= start < stop, got {list(window)}")
+        return self
+
+
+class ControlsPatch(Strict):
+    """A partial change of controls: only the fields given change."""
+
+    cap_enabled: bool | None = None
+    cap_percentile: float | None = Field(None, ge=0, le=100)
+    cap_threshold: float | None = None
+    clear_cap_threshold: bool = False
+    cap_layers: tuple[int, int] | None = None
+    steer_coefficient: float | None = Field(None, ge=-4, le=4)
+    steer_layers: tuple[int, int] | None = None
+    temperature: float | None = Field(None, gt=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    greedy: bool | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+
+
+class NewSession(Strict):
+    system: str | None = Field(None, max_length=MAX_SYSTEM_CHARS)
+    title: str | None = Field(None, max_length=200)
+    controls: Controls | None = None
+
+
+class NewMessage(Strict):
+    content: str = Field(..., min_length=1, max_length=MAX_MESSAGE_CHARS)
+    compare: bool = Field(False, description="generate the reply twice, capped and uncapped, with the same seed")
+
+
+class Problem(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class MessageAccepted(BaseModel):
+    user_turn: int
+    assistant_turns: list[int]
+    variants: list[Literal["single", "capped", "uncapped"]]
+    queue_position: int

@@ -1,0 +1,336 @@
+"""The worker's HTTP API (FastAPI under uvicorn): sessions, messages, resumable event streams, live controls.
+
+Binds to loopback by default. Binding anywhere else needs a bearer token (``--token`` or
+``PERSONA_SPACE_TOKEN``), and then every request must carry ``Authorization: Bearer <token>``.
+The model loads in the background after the server starts: ``/health`` says ``ready: false`` until then, and
+routes that need the model answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.errors import PersonaSpaceError
+from backend.worker.db import Database
+from backend.worker.engine import Conflict, ControlError, Engine
+from backend.worker.schemas import Controls, ControlsPatch, MessageAccepted, NewMessage, NewSession
+
+log = logging.getLogger("persona_space.worker")
+SessionId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$", description="session id")]
+MAX_SEQ = 2**62
+
+
+@dataclass
+class WorkerState:
+    """What the server knows while the model loads, and the engine once it has."""
+
+    model_spec: str
+    space_path: str
+    db: Database
+    engine: Engine | None = None
+    status: str = "starting"
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    space_cache: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def need_engine(self) -> Engine:
+        if self.engine is None or not self.engine.ready.is_set():
+            detail = self.error or f"the worker is still starting ({self.status}); retry in a few seconds"
+            raise HTTPException(status_code=503, detail=detail)
+        return self.engine
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(status: int, error: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Persona Space worker",
+        version="1",
+        description="Streams chat tokens with their projection on the Assistant Axis; live cap and steering controls.",
+    )
+
+    @app.middleware("http")
+    async def check_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _problem(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _problem(
+            422,
+            "invalid request: " + "; ".join(parts),
+            [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()],
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ControlError)
+    async def control_error(request: Request, exc: ControlError) -> JSONResponse:
+        return _problem(422, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(PersonaSpaceError)
+    async def domain_error(request: Request, exc: PersonaSpaceError) -> JSONResponse:
+        return _problem(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _problem(500, f"internal error: {type(exc).__name__}")
+
+    def session_or_404(sid: str) -> dict[str, Any]:
+        session = state.db.session(sid)
+        if session is None:
+            raise HTTPException(status_code=404, detail=f"no session {sid}")
+        return session
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        engine = state.engine
+        ready = engine is not None and engine.ready.is_set() and state.error is None
+        out: dict[str, Any] = {
+            "ready": ready, "status": "ready" if ready else (state.error and "failed") or state.status,
+            "error": state.error, "model": state.model_spec, "space": state.space_path,
+            "uptime_s": round(time.time() - state.started, 1),
+        }  # fmt: skip
+        if engine is not None:
+            out.update(
+                device=engine.loaded.info.device,
+                model_name=engine.loaded.info.name,
+                queue_length=engine.queue_length(),
+                running_turn=engine.running.turn_id if engine.running else None,
+                tokens_generated=engine.tokens_generated,
+            )
+        return out
+
+    @app.get("/space")
+    def space(layer: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
+        engine = state.need_engine()
+        chosen = engine.target if layer is None else layer
+        if chosen >= engine.n_layers:
+            raise HTTPException(
+                status_code=422, detail=f"layer {chosen} is out of range: the model has layers 0..{engine.n_layers - 1}"
+            )
+        if chosen not in state.space_cache:
+            from backend.space_summary import space_summary
+
+            state.space_cache[chosen] = space_summary(engine.space, chosen)
+        return state.space_cache[chosen]
+
+    @app.post("/sessions", status_code=201)
+    def create_session(body: NewSession | None = None) -> dict[str, Any]:
+        engine = state.need_engine()
+        body = body or NewSession()
+        controls = engine.validate_controls(body.controls or engine.default_controls())
+        sid = state.db.create_session(body.system, controls.model_dump(mode="json"), body.title)
+        return session_or_404(sid)
+
+    @app.get("/sessions")
+    def list_sessions() -> dict[str, Any]:
+        return {"sessions": state.db.sessions()}
+
+    @app.get("/sessions/{sid}")
+    def get_session(sid: SessionId) -> dict[str, Any]:
+        session = session_or_404(sid)
+        session["turns"] = state.db.turns(sid)
+        session["busy"] = state.engine.busy(sid) if state.engine else False
+        return session
+
+    @app.get("/sessions/{sid}/export")
+    def export_session(sid: SessionId) -> dict[str, Any]:
+        session = session_or_404(sid)
+        return {
+            "format": "persona-space-session", "version": 1, "model": state.model_spec, "space": state.space_path,
+            "session": session, "turns": state.db.turns(sid, include_undone=True), "events": state.db.events(sid, 0, 10**9),
+        }  # fmt: skip
+
+    @app.delete("/sessions/{sid}")
+    def delete_session(sid: SessionId) -> dict[str, Any]:
+        session_or_404(sid)
+        if state.engine is not None:
+            state.engine.stop(sid)
+        state.db.delete_session(sid)
+        return {"deleted": sid}
+
+    @app.post("/sessions/{sid}/messages", status_code=202)
+    def post_message(sid: SessionId, body: NewMessage) -> MessageAccepted:
+        engine = state.need_engine()
+        session_or_404(sid)
+        user_turn, turns, variants, position = engine.submit(sid, body.content, body.compare)
+        return MessageAccepted(user_turn=user_turn, assistant_turns=turns, variants=variants, queue_position=position)
+
+    @app.patch("/sessions/{sid}/controls")
+    def patch_controls(sid: SessionId, body: ControlsPatch) -> dict[str, Any]:
+        engine = state.need_engine()
+        session_or_404(sid)
+        controls, version = engine.patch_controls(sid, body)
+        return {"controls": controls.model_dump(mode="json"), "controls_version": version}
+
+    @app.get("/sessions/{sid}/controls")
+    def get_controls(sid: SessionId) -> dict[str, Any]:
+        session = session_or_404(sid)
+        return {
+            "controls": Controls(**session["controls"]).model_dump(mode="json"),
+            "controls_version": session["controls_version"],
+        }
+
+    @app.post("/sessions/{sid}/stop")
+    def stop(sid: SessionId) -> dict[str, Any]:
+        engine = state.need_engine()
+        session_or_404(sid)
+        return {"stopped": engine.stop(sid)}
+
+    @app.post("/sessions/{sid}/undo")
+    def undo(sid: SessionId) -> dict[str, Any]:
+        engine = state.need_engine()
+        session_or_404(sid)
+        return {"undone": engine.undo(sid)}
+
+    @app.get("/sessions/{sid}/events", response_model=None)
+    async def events(
+        request: Request,
+        sid: SessionId,
+        after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="last sequence number seen")] = 0,
+        follow: Annotated[bool, Query(description="stream as server-sent events")] = False,
+        until_idle: Annotated[bool, Query(description="end the stream once the session has no queued or running turn")] = False,
+        cancel_on_disconnect: Annotated[
+            bool, Query(description="stop the session's turn if this stream's client goes away")
+        ] = False,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+        last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    ) -> dict[str, Any] | StreamingResponse:
+        session_or_404(sid)
+        if last_event_id is not None and last_event_id.isdigit():
+            after = max(after, min(int(last_event_id), MAX_SEQ))
+        if not follow:
+            return {"events": await run_in_threadpool(state.db.events, sid, after, limit)}
+
+        async def stream() -> AsyncIterator[str]:
+            last, quiet = after, 0.0
+            while True:
+                if await request.is_disconnected():
+                    if cancel_on_disconnect and state.engine is not None:
+                        state.engine.stop(sid)
+                    return
+                batch = await run_in_threadpool(state.db.events, sid, last, 500)
+                for event in batch:
+                    last = event["seq"]
+                    yield f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                if batch:
+                    quiet = 0.0
+                    continue
+                busy = state.engine.busy(sid) if state.engine is not None else False
+                if until_idle and not busy and not await run_in_threadpool(state.db.events, sid, last, 1):
+                    yield "event: idle\ndata: {}\n\n"
+                    return
+                quiet += 0.05
+                if quiet >= 15:
+                    quiet = 0.0
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    return app
+
+
+def load_in_background(state: WorkerState, model_spec: str, space_path: str, load: Callable[[], Any]) -> threading.Thread:
+    """Load the model and space, then start the engine; failures are reported through ``/health``."""
+
+    def run() -> None:
+        try:
+            state.status = "loading model"
+            loaded, space = load()
+            state.status = "warming up"
+            engine = Engine(loaded, space, state.db)
+            state.engine = engine
+            engine.start()
+            engine.ready.wait()
+            state.status = "ready"
+        except Exception as exc:
+            log.exception("the worker failed to start")
+            state.error = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=run, name="loader", daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(
+    model_spec: str,
+    space_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    db_path: str | None = None,
+    token: str | None = None,
+    device: str | None = None,
+    cache: str | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    import uvicorn
+
+    from backend.models import cache_dir, load_model, resolve
+    from backend.store import load_space
+
+    token = token or os.environ.get("PERSONA_SPACE_TOKEN") or None
+    if not is_loopback(host) and not token:
+        raise PersonaSpaceError(
+            f"binding to {host} exposes the worker beyond this machine: pass --token or set PERSONA_SPACE_TOKEN"
+        )
+    space = load_space(space_path)
+    _, name, fingerprint = resolve(model_spec, cache_dir(cache))
+    space.check_model(fingerprint, name)  # refuse a mismatched space before anything starts
+    db = Database(db_path or Path(cache_dir(cache)) / "worker.sqlite3")
+    state = WorkerState(model_spec=model_spec, space_path=str(space_path), db=db)
+
+    def load() -> tuple[Any, Any]:
+        loaded = load_model(model_spec, cache=cache, device=device, trust_remote_code=trust_remote_code)
+        space.check_model(loaded.info.fingerprint, loaded.info.name)
+        return loaded, space
+
+    load_in_background(state, model_spec, str(space_path), load)
+    app = create_app(state, token)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

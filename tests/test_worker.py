@@ -1,0 +1,307 @@
+"""The model worker as a real server process on a real socket, with a tiny random chat model and its space."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from backend.builder import BuildSettings, build
+from backend.catalogue import load_catalogue
+from backend.models import load_model
+from tests.tiny import tiny_model
+from tests.worker_harness import ROOT, Worker
+
+ROLES = ("pirate", "librarian", "ghost", "accountant", "poet", "chef")
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory, smol_tokenizer):  # type: ignore[no-untyped-def]
+    """A tiny random Llama saved as a model folder, and a persona space built for it."""
+    root = tmp_path_factory.mktemp("tiny_world")
+    model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
+    model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
+    model.save_pretrained(root / "model")
+    smol_tokenizer.save_pretrained(root / "model")
+    loaded = load_model(str(root / "model"))
+    settings = BuildSettings(
+        prompts_per_role=1, questions_per_role=2, default_questions=2, max_new_tokens=4, batch_size=16,
+        judge="none", min_in_role=1, roles=ROLES, umap_neighbors=3,
+    )  # fmt: skip
+    space = build(loaded, load_catalogue(), settings, root / "space", root / "work", log=lambda m: None)
+    return str(root / "model"), space, root
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_world):  # type: ignore[no-untyped-def]
+    model, space, root = tiny_world
+    w = Worker(model, space, root / "worker.sqlite3")
+    w.wait_ready()
+    yield w
+    w.close()
+
+
+def tokens_of(events, turn):  # type: ignore[no-untyped-def]
+    return [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
+
+
+def test_health_and_space(worker) -> None:  # type: ignore[no-untyped-def]
+    health = worker.client.get("/health").json()
+    assert health["ready"] and health["device"] == "cpu" and health["queue_length"] == 0
+    space = worker.client.get("/space").json()
+    assert [r["name"] for r in space["roles"]] == list(ROLES)
+    assert space["target_layer"] == 2 and space["cap_window"] == [2, 3]
+    assert len(space["roles"][0]["pca"]) == 3 and len(space["roles"][0]["umap_2d"]) == 2
+    assert worker.client.get("/space", params={"layer": 9}).status_code == 422
+    assert "/sessions/{sid}/events" in worker.client.get("/openapi.json").json()["paths"]
+
+
+def test_stream_reconnect_misses_nothing_and_repeats_nothing(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 120, "greedy": False})
+    turn = worker.say(sid, "Tell me a long story.")["assistant_turns"][0]
+    first = list(worker.stream(sid, max_events=25))  # the client drops the connection mid-turn
+    rest = list(worker.stream(sid, after=first[-1]["seq"]))
+    seqs = [e["seq"] for e in first + rest]
+    assert seqs == sorted(set(seqs))
+    assert seqs == [e["seq"] for e in worker.events(sid)]
+    tokens = tokens_of(first + rest, turn)
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    end = [e for e in rest if e["type"] == "turn_end"][0]["data"]
+    assert end["n_tokens"] == len(tokens) and len(end["pca"]) == 3 and len(end["nearest"]) == 5
+    session = worker.client.get(f"/sessions/{sid}").json()
+    assert session["turns"][-1]["content"] == "".join(t["text"] for t in tokens)
+
+
+def test_cap_change_mid_turn_applies_from_the_next_token(worker) -> None:  # type: ignore[no-untyped-def]
+    controls = {"max_new_tokens": 400, "cap_enabled": False, "cap_percentile": 99.0, "greedy": False, "seed": 7}
+    reference = worker.session(controls=controls)
+    ref_turn = worker.say(reference, "Describe the sea.")["assistant_turns"][0]
+    worker.wait_idle(reference)
+    sid = worker.session(controls=controls)
+    turn = worker.say(sid, "Describe the sea.")["assistant_turns"][0]
+    worker.wait_tokens(sid, turn, 30)
+    r = worker.client.patch(f"/sessions/{sid}/controls", json={"cap_enabled": True})
+    assert r.status_code == 200 and r.json()["controls_version"] == 1
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    applied = [e["data"] for e in events if e["type"] == "controls_applied"]
+    assert len(applied) == 1
+    k = applied[0]["from_token"]
+    tokens, ref_tokens = tokens_of(events, turn), tokens_of(worker.events(reference), ref_turn)
+    assert 30 <= k < len(tokens)
+    # before the change: exactly the uncapped run; from it: capped, and the monitored layer (inside the cap
+    # window here) sits at or above the floor
+    for t, ref in zip(tokens[:k], ref_tokens[:k], strict=True):
+        assert (t["token_id"], t["projection"], t["cap_on"], t["controls_version"]) == (
+            ref["token_id"],
+            ref["projection"],
+            False,
+            0,
+        )
+    for t in tokens[k:]:
+        assert t["cap_on"] and t["controls_version"] == 1
+        assert t["projection"] >= t["tau"][0] - 1e-3
+        assert t["projection_after_cap"] == pytest.approx(max(t["projection_before_cap"], t["tau"][0]), abs=1e-3)
+    assert any(t["cap_delta"] > 0 for t in tokens[k:])
+
+
+def test_stop_and_undo(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 1000, "greedy": False})
+    turn = worker.say(sid, "Count forever.")["assistant_turns"][0]
+    worker.wait_tokens(sid, turn, 10)
+    assert worker.client.post(f"/sessions/{sid}/undo").status_code == 409  # busy
+    assert turn in worker.client.post(f"/sessions/{sid}/stop").json()["stopped"]
+    worker.wait_idle(sid)
+    state = worker.client.get(f"/sessions/{sid}").json()
+    assert state["turns"][-1]["status"] == "stopped"
+    assert 10 <= len(tokens_of(worker.events(sid), turn)) < 1000
+    undone = worker.client.post(f"/sessions/{sid}/undo").json()["undone"]
+    assert sorted(undone) == [turn - 1, turn]
+    assert worker.client.get(f"/sessions/{sid}").json()["turns"] == []
+    exported = worker.client.get(f"/sessions/{sid}/export").json()
+    assert exported["format"] == "persona-space-session" and len(exported["turns"]) == 2
+
+
+def test_compare_generates_two_linked_turns_with_one_seed(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 30, "cap_threshold": -1e9})  # a floor nothing is below
+    accepted = worker.say(sid, "Who are you?", compare=True)
+    assert accepted["variants"] == ["capped", "uncapped"]
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    capped, uncapped = (tokens_of(events, t) for t in accepted["assistant_turns"])
+    assert [t["token_id"] for t in capped] == [t["token_id"] for t in uncapped]
+    assert all(t["cap_on"] for t in capped) and not any(t["cap_on"] for t in uncapped)
+    turns = worker.client.get(f"/sessions/{sid}").json()["turns"]
+    assert {t["reply_to"] for t in turns if t["role"] == "assistant"} == {accepted["user_turn"]}
+    assert len({t["seed"] for t in turns if t["role"] == "assistant"}) == 1
+    # a real floor changes the capped column only
+    worker.client.patch(f"/sessions/{sid}/controls", json={"clear_cap_threshold": True, "cap_percentile": 99.0})
+    second = worker.say(sid, "And what do you like?", compare=True)
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    capped, uncapped = (tokens_of(events, t) for t in second["assistant_turns"])
+    assert any(t["cap_delta"] > 0 for t in capped) and all(t["cap_delta"] == 0 for t in uncapped)
+
+
+BAD = [
+    ("post", "/sessions", "{not json", 422),
+    ("post", "/sessions", '{"controls": {"temperature": NaN}}', 422),
+    ("post", "/sessions", '{"controls": {"cap_percentile": 101}}', 422),
+    ("post", "/sessions", '{"controls": {"cap_layers": [2, 99]}}', 422),
+    ("post", "/sessions", '{"controls": {"cap_layers": [3, 1]}}', 422),
+    ("post", "/sessions", '{"controls": {"max_new_tokens": 0}}', 422),
+    ("post", "/sessions", '{"colour": "red"}', 422),
+    ("post", "/sessions", '{"system": "' + "x" * 5000 + '"}', 422),
+    ("get", "/sessions/0123456789abcdef", None, 404),
+    ("get", "/sessions/not-a-session", None, 422),
+    ("get", "/sessions/0123456789abcdef/events?after=-1", None, 422),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), BAD)
+def test_bad_input_gets_a_clear_4xx(worker, method, path, body, status) -> None:  # type: ignore[no-untyped-def]
+    r = worker.client.request(method.upper(), path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["error"], str) and r.json()["error"]
+
+
+def test_bad_messages_and_controls_lose_nothing(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 5})
+    worker.say(sid, "hello")
+    worker.wait_idle(sid)
+    before = worker.client.get(f"/sessions/{sid}").json()
+    for body in ({"content": ""}, {"content": "x" * 9000}, {"content": 5}, {"text": "hi"}):
+        assert worker.client.post(f"/sessions/{sid}/messages", json=body).status_code == 422
+    r = worker.client.patch(f"/sessions/{sid}/controls", json={"cap_layers": [0, 40]})
+    assert r.status_code == 422 and "reaches past the model's 4 layers" in r.json()["error"]
+    assert worker.client.patch(f"/sessions/{sid}/controls", content=b'{"steer_coefficient": Infinity}').status_code == 422
+    assert worker.client.get(f"/sessions/{sid}").json() == before
+
+
+def test_eight_sessions_three_turns_each_none_mixed_up(worker) -> None:  # type: ignore[no-untyped-def]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            sid = worker.session(system=f"You are visitor number {i}.", controls={"max_new_tokens": 6})
+            for j in range(3):
+                worker.say(sid, f"message {j} from session {i}")
+                worker.wait_idle(sid)
+            results[i] = sid
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    for i, sid in results.items():
+        session = worker.client.get(f"/sessions/{sid}").json()
+        assert session["system"] == f"You are visitor number {i}."
+        users = [t["content"] for t in session["turns"] if t["role"] == "user"]
+        assert users == [f"message {j} from session {i}" for j in range(3)]
+        replies = [t for t in session["turns"] if t["role"] == "assistant"]
+        assert [t["status"] for t in replies] == ["done"] * 3
+        own = {t["id"] for t in session["turns"]}
+        assert {e["turn"] for e in worker.events(sid) if e["turn"] is not None} <= own
+
+
+def test_kill_9_mid_turn_then_restart_keeps_everything(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, space, _ = tiny_world
+    db = tmp_path / "killed.sqlite3"
+    w = Worker(model, space, db)
+    try:
+        w.wait_ready()
+        sid = w.session(controls={"max_new_tokens": 1000, "greedy": False})
+        turn = w.say(sid, "Tell me everything.")["assistant_turns"][0]
+        w.wait_tokens(sid, turn, 25)
+        w.kill()
+        w.client.close()
+    finally:
+        w.close()
+    w = Worker(model, space, db)
+    try:
+        w.wait_ready()
+        session = w.client.get(f"/sessions/{sid}").json()
+        reply = session["turns"][-1]
+        assert reply["id"] == turn and reply["status"] == "incomplete"
+        events = w.events(sid)
+        tokens = tokens_of(events, turn)
+        assert len(tokens) >= 25 and [t["index"] for t in tokens] == list(range(len(tokens)))
+        assert reply["content"] == "".join(t["text"] for t in tokens)
+        assert any(e["type"] == "turn_incomplete" for e in events)
+        w.client.patch(f"/sessions/{sid}/controls", json={"max_new_tokens": 5})
+        nxt = w.say(sid, "Go on.")["assistant_turns"][0]
+        w.wait_idle(sid)
+        assert w.client.get(f"/sessions/{sid}").json()["turns"][-1]["id"] == nxt
+        assert w.client.get(f"/sessions/{sid}").json()["turns"][-1]["status"] == "done"
+    finally:
+        w.close()
+
+
+def test_token_required_and_checked(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, space, _ = tiny_world
+    refused = subprocess.run(
+        [sys.executable, "-m", "backend", "serve", "--model", model, "--space", str(space), "--host", "0.0.0.0", "--db", str(tmp_path / "x.db")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "pass --token" in refused.stderr
+    w = Worker(model, space, tmp_path / "auth.sqlite3", token="s3cret")
+    try:
+        w.wait_ready()
+        import httpx
+
+        assert httpx.get(f"{w.url}/health").status_code == 401
+        assert httpx.get(f"{w.url}/sessions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert w.client.get("/sessions").status_code == 200
+    finally:
+        w.close()
+
+
+def test_mismatched_space_is_refused(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, space, _ = tiny_world
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "serve", "--model", "smollm2-135m", "--space", str(space), "--db", str(tmp_path / "m.db")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "was built for" in done.stderr and "python -m backend build" in done.stderr
+
+
+def test_fuzz_the_openapi_schema(worker) -> None:  # type: ignore[no-untyped-def]
+    import schemathesis
+    from hypothesis import HealthCheck, settings
+
+    schema = schemathesis.openapi.from_url(f"{worker.url}/openapi.json")
+    failures: list[str] = []
+    sid = worker.session(controls={"max_new_tokens": 3})
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case) -> None:  # type: ignore[no-untyped-def]
+        if case.path_parameters and "sid" in case.path_parameters and case.method != "DELETE":
+            case.path_parameters["sid"] = (
+                sid if case.path_parameters["sid"][:1] in "0123456789abcdef" else case.path_parameters["sid"]
+            )
+        if case.path.endswith("/events") and case.query and str(case.query.get("follow", "")).lower() in ("true", "1"):
+            case.query["until_idle"] = "true"  # an endless stream is a feature, not a hang
+        response = case.call(timeout=30)
+        if response.status_code >= 500:
+            failures.append(f"{case.method} {case.formatted_path} {case.query} -> {response.status_code} {response.text[:200]}")
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        strategy = operation.as_strategy()
+        from hypothesis import given
+
+        given(strategy)(check)()
+    assert not failures, failures[:5]
+    assert worker.client.get("/health").json()["ready"]
+
+
+def test_paths_exist(tiny_world) -> None:  # type: ignore[no-untyped-def]
+    assert Path(tiny_world[0], "config.json").exists()

@@ -1,0 +1,134 @@
+"""A real worker process on a free port, and small helpers to talk to it (used by the worker tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    def __init__(self, model: str, space: Path, db: Path, token: str | None = None, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = db.with_suffix(f".{self.port}.log")
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend",
+            "serve",
+            "--model",
+            model,
+            "--space",
+            str(space),
+            "--port",
+            str(self.port),
+            "--db",
+            str(db),
+        ]
+        if token:
+            cmd += ["--token", token]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen(cmd + (extra or []), cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.url, timeout=60, headers=headers)
+
+    def wait_ready(self, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                health = self.client.get("/health").json()
+                if health.get("ready"):
+                    return health
+                if health.get("error"):
+                    raise RuntimeError(health["error"])
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"worker not ready after {timeout}s: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    # API helpers ---------------------------------------------------------------------------------------
+    def session(self, **body: Any) -> str:
+        r = self.client.post("/sessions", json=body)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def say(self, sid: str, content: str, **extra: Any) -> dict[str, Any]:
+        r = self.client.post(f"/sessions/{sid}/messages", json={"content": content, **extra})
+        assert r.status_code == 202, r.text
+        return dict(r.json())
+
+    def events(self, sid: str, after: int = 0) -> list[dict[str, Any]]:
+        return list(self.client.get(f"/sessions/{sid}/events", params={"after": after}).json()["events"])
+
+    def stream(
+        self, sid: str, after: int = 0, until_idle: bool = True, max_events: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Server-sent events, parsed; stops after ``max_events`` (simulating a dropped connection)."""
+        params = {"after": after, "follow": "true", "until_idle": "true" if until_idle else "false"}
+        n = 0
+        with self.client.stream("GET", f"/sessions/{sid}/events", params=params, timeout=120) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            data = None
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    data = line[6:]
+                elif line == "" and data is not None:
+                    event = json.loads(data)
+                    data = None
+                    if not event:
+                        return  # the idle marker
+                    yield event
+                    n += 1
+                    if max_events is not None and n >= max_events:
+                        return
+
+    def wait_idle(self, sid: str, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.client.get(f"/sessions/{sid}").json()["busy"]:
+                return
+            time.sleep(0.1)
+        raise TimeoutError("session still busy")
+
+    def wait_tokens(self, sid: str, turn: int, n: int, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if sum(1 for e in self.events(sid) if e["type"] == "token" and e["turn"] == turn) >= n:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"turn {turn} did not reach {n} tokens")
