@@ -69,7 +69,7 @@ def test_stream_reconnect_misses_nothing_and_repeats_nothing(worker) -> None:  #
     assert seqs == [e["seq"] for e in worker.events(sid)]
     tokens = tokens_of(first + rest, turn)
     assert [t["index"] for t in tokens] == list(range(len(tokens)))
-    end = [e for e in rest if e["type"] == "turn_end"][0]["data"]
+    end = next(e for e in rest if e["type"] == "turn_end")["data"]
     assert end["n_tokens"] == len(tokens) and len(end["pca"]) == 3 and len(end["nearest"]) == 5
     session = worker.client.get(f"/sessions/{sid}").json()
     assert session["turns"][-1]["content"] == "".join(t["text"] for t in tokens)
