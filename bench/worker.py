@@ -1,0 +1,127 @@
+"""Worker throughput: tokens/s streamed over HTTP (server-sent events) vs in-process generation with the same
+hooks, time to first token, and how many tokens pass between a control change and its effect.
+
+Both paths run the worker's own engine on the embedded default and its shipped space, with the cap on
+(p75, the space's cap window) and the monitor at the target layer; runs alternate. The last line is JSON.
+
+    python bench/worker.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.models import load_model
+from backend.store import load_space
+from backend.worker.db import Database
+from backend.worker.engine import Engine
+from backend.worker.schemas import Controls
+from tests.worker_harness import Worker
+
+PROMPTS = ["Tell me about the history of bread.", "How do volcanoes form?", "Describe your ideal weekend."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--space", default="cached_activations/smollm2-135m")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 prompts x 48 tokens")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--tokens", type=int, default=None)
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 4)
+    tokens = args.tokens or (48 if args.quick else 128)
+    controls = {"cap_enabled": True, "cap_percentile": 75.0, "max_new_tokens": tokens, "greedy": False, "seed": 1}
+
+    loaded = load_model(args.model)
+    space = load_space(args.space, fingerprint=loaded.info.fingerprint)
+    tmp = Path(tempfile.mkdtemp())
+    engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"))
+    engine.start()
+    engine.ready.wait()
+    worker = Worker(args.model, Path(args.space), tmp / "http.sqlite3")
+    worker.wait_ready()
+
+    def inproc() -> float:
+        n, t0 = 0, time.perf_counter()
+        for prompt in PROMPTS:
+            sid = engine.db.create_session(None, Controls(**controls).model_dump(mode="json"))
+            engine.submit(sid, prompt, False)
+            while engine.busy(sid):
+                time.sleep(0.005)
+            n += sum(1 for e in engine.db.events(sid) if e["type"] == "token")
+        return n / (time.perf_counter() - t0)
+
+    def http() -> tuple[float, list[float]]:
+        n, ttfts, t0 = 0, [], time.perf_counter()
+        for prompt in PROMPTS:
+            sid = worker.session(controls=controls)
+            sent = time.perf_counter()
+            worker.say(sid, prompt)
+            first = None
+            for event in worker.stream(sid):
+                if event["type"] == "token":
+                    n += 1
+                    first = first or time.perf_counter()
+            ttfts.append((first or time.perf_counter()) - sent)
+        return n / (time.perf_counter() - t0), ttfts
+
+    def control_latency() -> list[int]:
+        """Move the cap slider mid-reply, over HTTP, three times; count tokens made after the change arrived."""
+        sid = worker.session(controls=dict(controls, max_new_tokens=max(tokens, 60)))
+        turn = worker.say(sid, PROMPTS[0])["assistant_turns"][0]
+        for k, pct in ((10, 25.0), (25, 50.0), (40, 90.0)):
+            worker.wait_tokens(sid, turn, k)
+            worker.client.patch(f"/sessions/{sid}/controls", json={"cap_percentile": pct})
+        worker.wait_idle(sid)
+        out, pending = [], None
+        for e in worker.events(sid):
+            if e["type"] == "controls":
+                pending = 0
+            elif e["type"] == "token" and pending is not None:
+                pending += 1
+            elif e["type"] == "controls_applied" and pending is not None:
+                out.append(pending)
+                pending = None
+        return out
+
+    inproc()  # warm both paths
+    http()
+    inproc_rates, http_rates, ttfts = [], [], []
+    for _ in range(rounds):
+        inproc_rates.append(inproc())
+        rate, firsts = http()
+        http_rates.append(rate)
+        ttfts += firsts
+        print(f"in-process {inproc_rates[-1]:.1f} tok/s   http {http_rates[-1]:.1f} tok/s", file=sys.stderr)
+    latency = control_latency()
+    worker.close()
+    engine.close()
+    print(
+        json.dumps(
+            {
+                "model": loaded.info.name,
+                "device": loaded.info.device,
+                "tokens_per_turn": tokens,
+                "rounds": rounds,
+                "inproc_tok_s": round(statistics.median(inproc_rates), 2),
+                "http_tok_s": round(statistics.median(http_rates), 2),
+                "ratio": round(statistics.median(h / i for h, i in zip(http_rates, inproc_rates, strict=True)), 4),
+                "ttft_s": round(statistics.median(ttfts), 3),
+                "control_latency_tokens": max(latency) if latency else None,
+                "control_latency_samples": latency,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
