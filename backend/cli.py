@@ -149,6 +149,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project_transcript(args: argparse.Namespace) -> int:
+    from backend.store import load_space
+    from backend.transcripts import project_transcript, read_transcript
+
+    transcript = read_transcript(args.file)
+    loaded = _load(args)
+    space = load_space(args.space, fingerprint=loaded.info.fingerprint, model_name=loaded.info.name)
+    result = project_transcript(loaded, space, transcript, layer=args.layer)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']}, layer {result['layer']}, {result['tokens']} tokens")
+        for turn in result["turns"]:
+            near = ", ".join(n["name"] for n in turn.get("nearest", [])[:3])
+            value = "no tokens" if turn["projection"] is None else f"{turn['projection']:9.3f}"
+            print(f"assistant turn {turn['index'] + 1:>3}: {value}   nearest: {near}")
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from backend.drift import load_scenarios, run_drift
+    from backend.store import load_space
+
+    scenarios = load_scenarios(args.scenario)
+    loaded = _load(args)
+    space = load_space(args.space, fingerprint=loaded.info.fingerprint, model_name=loaded.info.name)
+    variants = {"both": ("uncapped", "capped"), "off": ("uncapped",), "on": ("capped",)}[args.cap]
+    bar = tqdm(total=1, desc="drift turns", unit="turn", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    report = run_drift(
+        loaded, space, scenarios, Path(args.out), seeds=[int(s) for s in args.seeds.split(",")], variants=variants,
+        cap_percentile=args.cap_percentile, max_new_tokens=args.max_new_tokens, progress=progress,
+    )  # fmt: skip
+    bar.close()
+    for s in report["summary"]:
+        print(
+            f"{s['domain']:>12} {s['variant']:>9}: first {s['first']:8.2f}  last {s['last']:8.2f}  drift {s['drift']:7.2f}  slope {s['slope_per_turn']:6.3f}/turn"
+        )
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None, help="SQLite file for sessions (default: worker.sqlite3 in the cache folder)")
     p.add_argument("--token", default=None, help="bearer token required on every request (or PERSONA_SPACE_TOKEN)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("project-transcript", help="project each assistant turn of a transcript onto the axis")
+    _add_model_args(p)
+    p.add_argument("file", help="JSON: an OpenAI-style message list or the paper's transcript format")
+    p.add_argument("--space", default="cached_activations/smollm2-135m")
+    p.add_argument("--layer", type=int, default=None, help="layer to project at (default: the space's target layer)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_project_transcript)
+
+    p = sub.add_parser("drift", help="replay scripted scenarios live, capped and uncapped, and report drift")
+    _add_model_args(p)
+    p.add_argument("--space", default="cached_activations/smollm2-135m")
+    p.add_argument(
+        "--scenario", action="append", default=None, help="scenario id or .json path (repeatable; default: all shipped)"
+    )
+    p.add_argument("--cap", choices=["both", "off", "on"], default="both", help="run uncapped, capped or both")
+    p.add_argument("--cap-percentile", type=float, default=75.0)
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--out", default="reports/drift", help="folder for transcripts, projections.csv, report.json/html")
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("info", help="describe a built space")
     p.add_argument("space")

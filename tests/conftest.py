@@ -53,3 +53,28 @@ def tiny_chat(smol_tokenizer):  # type: ignore[no-untyped-def]
     model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
     info = describe(model, smol_tokenizer, spec="tiny-llama", name="tiny-llama", source="random", fingerprint="tiny-0")
     return LoadedModel(model=model, tokenizer=smol_tokenizer, info=info)
+
+
+WORLD_ROLES = ("pirate", "librarian", "ghost", "accountant", "poet", "chef")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, smol_tokenizer):  # type: ignore[no-untyped-def]
+    """A tiny random Llama saved as a model folder, and a persona space built for it."""
+    from backend.builder import BuildSettings, build
+    from backend.catalogue import load_catalogue
+    from backend.models import load_model
+    from tests.tiny import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
+    model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
+    model.save_pretrained(root / "model")
+    smol_tokenizer.save_pretrained(root / "model")
+    loaded = load_model(str(root / "model"))
+    settings = BuildSettings(
+        prompts_per_role=1, questions_per_role=2, default_questions=2, max_new_tokens=4, batch_size=16,
+        judge="none", min_in_role=1, roles=WORLD_ROLES, umap_neighbors=3,
+    )  # fmt: skip
+    space = build(loaded, load_catalogue(), settings, root / "space", root / "work", log=lambda m: None)
+    return str(root / "model"), space, root

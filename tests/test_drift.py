@@ -1,0 +1,151 @@
+"""Transcript projection (with an exact oracle), transcript parsing and bad input, and the drift report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from backend.drift import load_scenario, load_scenarios, run_drift
+from backend.models import load_model
+from backend.store import load_space
+from backend.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcript
+from tests.worker_harness import ROOT
+
+CONVERSATION = [
+    {"role": "user", "content": "Hi, can you help me plan a garden?"},
+    {"role": "assistant", "content": "Of course. Start with the sunniest corner and a few hardy herbs."},
+    {"role": "user", "content": "What about tomatoes?"},
+    {"role": "assistant", "content": "Tomatoes love sun and steady water; stake them early."},
+]
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world):  # type: ignore[no-untyped-def]
+    model, space, root = tiny_world
+    loaded = load_model(model)
+    return loaded, load_space(space, fingerprint=loaded.info.fingerprint), root
+
+
+def test_projection_equals_mean_of_token_activations(world) -> None:  # type: ignore[no-untyped-def]
+    from backend.chat import encode_conversation
+
+    loaded, space, _ = world
+    transcript = parse_transcript(CONVERSATION)
+    for layer in (1, space.target_layer):
+        result = project_transcript(loaded, space, transcript, layer=layer)
+        encoded = encode_conversation(loaded.tokenizer, None, CONVERSATION)
+        with torch.no_grad():
+            hidden = loaded.model(torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+        axis = space.tensors["axis"][layer].double()
+        unit = axis / axis.norm()
+        assert [t["index"] for t in result["turns"]] == [0, 1] and [t["message_index"] for t in result["turns"]] == [1, 3]
+        for turn, (a, b) in zip(result["turns"], encoded.assistant_spans, strict=True):
+            expected = float(hidden[a:b].double().mean(0) @ unit)
+            assert turn["projection"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+            assert turn["n_tokens"] == b - a and len(turn["nearest"]) == 5
+
+
+def test_formats_parse_with_their_quirks() -> None:
+    paper = {
+        "model": "some-model", "turns": 7, "auditor_model": "x", "domain": "therapy", "persona": "p", "topic": "t",
+        "steering_config": {"experiment_id": "layers_46:54-p0.25", "num_interventions": 8, "layers": [46, 53]},
+        "conversation": CONVERSATION,
+    }  # fmt: skip
+    t = parse_transcript(paper)
+    assert t.model == "some-model" and t.n_assistant == 2 and t.meta["turns_declared"] == 7 and t.meta["domain"] == "therapy"
+    openai = [{"role": "system", "content": "Be kind."}, *CONVERSATION]
+    t = parse_transcript(openai)
+    assert t.system == "Be kind." and len(t.messages) == 4
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]},
+        {"role": "assistant", "content": "Hi"},
+    ]
+    assert parse_transcript({"messages": parts}).messages[0]["content"] == "Hello"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "the conversation is empty"),
+        ({"conversation": []}, "the conversation is empty"),
+        ({"dialogue": []}, "expected a message list"),
+        ("hello", "must be a list of messages"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "roles must alternate"),
+        ([{"role": "assistant", "content": "a"}], "roles must alternate, user first"),
+        ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "has role 'tool'"),
+        ([{"role": "user", "content": "a"}], "no assistant turn"),
+        ([{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}], "content must be text"),
+        ([{"role": "user"}], "must be an object with 'role' and 'content'"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only allowed first"),
+    ],
+)
+def test_bad_transcripts_are_clear_errors(data, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TranscriptError, match=message):
+        parse_transcript(data)
+
+
+def test_bad_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(TranscriptError, match="not valid JSON"):
+        read_transcript(tmp_path / "bad.json")
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as handle:
+        handle.truncate(300 * 2**20)  # sparse: 300 MiB on paper, nothing read
+    with pytest.raises(TranscriptError, match="is 300 MiB; transcripts are limited to 20 MiB"):
+        read_transcript(huge)
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TranscriptError, match="not UTF-8"):
+        read_transcript(tmp_path / "bin.json")
+    with pytest.raises(TranscriptError, match="does not exist"):
+        read_transcript(tmp_path / "none.json")
+
+
+def test_too_long_for_the_context_is_refused_not_truncated(world) -> None:  # type: ignore[no-untyped-def]
+    loaded, space, _ = world
+    long = [{"role": "user", "content": "word " * 1500}, {"role": "assistant", "content": "ok " * 1500}]
+    with pytest.raises(TranscriptError, match="the model's context is 2048.*nothing was truncated"):
+        project_transcript(loaded, space, parse_transcript(long))
+
+
+def test_cli_project_transcript_json(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, space, _ = tiny_world
+    (tmp_path / "t.json").write_text(json.dumps({"model": "m", "turns": 1, "conversation": CONVERSATION}))
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "t.json"), "--model", model, "--space", str(space), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [set(t) >= {"index", "projection"} for t in result["turns"]] == [True, True]
+    bad = subprocess.run(
+        [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "missing.json"), "--model", model, "--space", str(space)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_shipped_scenarios_are_valid() -> None:
+    scenarios = load_scenarios()
+    assert {s.domain for s in scenarios} >= {"coding", "writing", "vulnerable", "self_nature"}
+    assert all(len(s.turns) >= 8 and s.presenter_note for s in scenarios)
+
+
+def test_drift_report_on_a_tiny_model(world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loaded, space, _ = world
+    scenario = load_scenario(ROOT / "assets" / "scenarios" / "coding.json")
+    short = type(scenario)(**{**scenario.__dict__, "turns": scenario.turns[:3]})
+    report = run_drift(loaded, space, [short], tmp_path / "out", seeds=(0,), max_new_tokens=4)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "projections.csv")))
+    assert len(rows) == 2 * 3 and {r["variant"] for r in rows} == {"uncapped", "capped"}
+    assert all(r["projection"] not in ("", None) for r in rows)
+    assert {(s["domain"], s["variant"]) for s in report["summary"]} == {("coding", "uncapped"), ("coding", "capped")}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Drift report" in html and "plotly" in html.lower()
+    transcript = json.loads((tmp_path / "out" / "transcripts" / "coding-capped-seed0.json").read_text())
+    assert parse_transcript(transcript).n_assistant == 3 and transcript["steering_config"]["cap_percentile"] == 75.0
