@@ -283,3 +283,32 @@ def test_fuzz_the_openapi_schema(worker) -> None:  # type: ignore[no-untyped-def
 
 def test_paths_exist(tiny_world) -> None:  # type: ignore[no-untyped-def]
     assert Path(tiny_world[0], "config.json").exists()
+
+
+def test_project_transcript_and_session_import(worker) -> None:  # type: ignore[no-untyped-def]
+    conversation = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there, how can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why did the chicken cross the road?"},
+    ]
+    r = worker.client.post("/project", json={"model": "x", "turns": 9, "conversation": conversation})
+    assert r.status_code == 200, r.text
+    assert [t["index"] for t in r.json()["turns"]] == [0, 1]
+    bad = worker.client.post("/project", json=[{"role": "assistant", "content": "x"}])
+    assert bad.status_code == 400 and "alternate" in bad.json()["error"]
+    big = worker.client.post("/project", content=b"[" + b" " * (21 * 2**20) + b"]", headers={"content-type": "application/json"})
+    assert big.status_code == 413
+
+    sid = worker.session(controls={"max_new_tokens": 6})
+    worker.say(sid, "hello there")
+    worker.wait_idle(sid)
+    exported = worker.client.get(f"/sessions/{sid}/export").json()
+    imported = worker.client.post("/sessions/import", json=exported)
+    assert imported.status_code == 201, imported.text
+    new = worker.client.get(f"/sessions/{imported.json()['id']}").json()
+    old = worker.client.get(f"/sessions/{sid}").json()
+    assert [(t["role"], t["content"], t["status"]) for t in new["turns"]] == [
+        (t["role"], t["content"], t["status"]) for t in old["turns"]
+    ]
+    assert worker.client.post("/sessions/import", json={"format": "other"}).status_code == 422

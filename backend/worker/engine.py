@@ -66,6 +66,7 @@ class Engine:
         self.cap_live: Live[Cap] = Live(None, kind=Cap)
         self.steer_live: Live[Steer] = Live(None, kind=Steer)
         self.ready = threading.Event()
+        self.model_lock = threading.Lock()  # hooks are global to the model: one user of it at a time
         self.closed = False
         self.tokens_generated = 0
         self.max_context = self._max_context()
@@ -223,7 +224,8 @@ class Engine:
                 job = self.jobs.popleft()
                 self.running = job
             try:
-                self._run(job)
+                with self.model_lock:
+                    self._run(job)
             except Exception as exc:  # a failed turn must not take the worker down
                 log.exception("turn %s failed", job.turn_id)
                 self.db.finish_turn(job.turn_id, "error", {"error": f"{type(exc).__name__}: {exc}"})
@@ -356,6 +358,46 @@ class Engine:
             summary.update(self.placement.place(mean))
             summary["mean_projection"] = summary.pop("projection")
         self.db.finish_turn(job.turn_id, status, summary, content=final)
+
+    def project(self, data: Any, layer: int | None) -> dict[str, Any]:
+        """Project a transcript (any accepted format) with the loaded model; waits for a running turn."""
+        from backend.transcripts import parse_transcript, project_transcript
+
+        transcript = parse_transcript(data)
+        with self.model_lock:
+            return project_transcript(self.loaded, self.space, transcript, layer)
+
+    def import_session(self, data: Any) -> str:
+        """Recreate an exported session (turns and their events) under a new id; returns the id."""
+        if not isinstance(data, dict) or data.get("format") != "persona-space-session":
+            raise ControlError("not a Persona Space session export (expected format 'persona-space-session')")
+        try:
+            session, turns, events = data["session"], data["turns"], data["events"]
+            controls = self.validate_controls(Controls(**session["controls"]))
+            sid = self.db.create_session(session.get("system"), controls.model_dump(mode="json"), session.get("title"))
+            ids: dict[int, int] = {}
+            for t in sorted(turns, key=lambda t: t["id"]):
+                status = "incomplete" if t["status"] in ("queued", "running") else t["status"]
+                new = self.db.add_turn(
+                    sid,
+                    t["role"],
+                    t["content"],
+                    status,
+                    t.get("variant", "single"),
+                    ids.get(t.get("reply_to") or -1),
+                    t.get("seed"),
+                )
+                ids[int(t["id"])] = new
+                if t["role"] == "assistant":
+                    for e in events:
+                        if e.get("turn") == t["id"] and e.get("type") == "token":
+                            self.db.event(sid, new, "token", dict(e["data"], turn=new))
+                    self.db.finish_turn(new, status, t.get("summary"), content=t["content"])
+                if t.get("undone"):
+                    self.db.conn.execute("UPDATE turns SET undone=1 WHERE id=?", (new,))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControlError(f"the session export is malformed: {type(exc).__name__}: {exc}") from exc
+        return sid
 
     def _cap_event(self, cap_log: CapLog, mark: int) -> dict[str, Any]:
         steps = cap_log.steps[mark:]

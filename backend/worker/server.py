@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +36,7 @@ from backend.worker.schemas import Controls, ControlsPatch, MessageAccepted, New
 log = logging.getLogger("persona_space.worker")
 SessionId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$", description="session id")]
 MAX_SEQ = 2**62
+MAX_BODY = 20 * 2**20
 
 
 @dataclass
@@ -84,6 +85,13 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return _problem(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return _problem(413, f"request body too large: at most {MAX_BODY // 2**20} MiB")
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -153,9 +161,9 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
                 status_code=422, detail=f"layer {chosen} is out of range: the model has layers 0..{engine.n_layers - 1}"
             )
         if chosen not in state.space_cache:
-            from backend.space_summary import space_summary
+            from backend.space_view import read_space, summary
 
-            state.space_cache[chosen] = space_summary(engine.space, chosen)
+            state.space_cache[chosen] = summary(read_space(engine.space.path), chosen)
         return state.space_cache[chosen]
 
     @app.post("/sessions", status_code=201)
@@ -226,6 +234,21 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
         engine = state.need_engine()
         session_or_404(sid)
         return {"undone": engine.undo(sid)}
+
+    @app.post("/sessions/import", status_code=201)
+    def import_session(
+        body: Annotated[dict[str, Any], Body(description="a session export (GET /sessions/{sid}/export)")],
+    ) -> dict[str, Any]:
+        engine = state.need_engine()
+        return session_or_404(engine.import_session(body))
+
+    @app.post("/project")
+    def project(
+        body: Annotated[Any, Body(description="a conversation: an OpenAI-style message list or the paper's transcript JSON")],
+        layer: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+    ) -> dict[str, Any]:
+        engine = state.need_engine()
+        return engine.project(body, layer)
 
     @app.get("/sessions/{sid}/events", response_model=None)
     async def events(
