@@ -78,3 +78,15 @@ def tiny_world(tmp_path_factory, smol_tokenizer):  # type: ignore[no-untyped-def
     )  # fmt: skip
     space = build(loaded, load_catalogue(), settings, root / "space", root / "work", log=lambda m: None)
     return str(root / "model"), space, root
+
+
+@pytest.fixture(scope="session")
+def worker(tiny_world):  # type: ignore[no-untyped-def]
+    """A real worker process serving the tiny model and its space."""
+    from tests.worker_harness import Worker
+
+    model, space, root = tiny_world
+    w = Worker(model, space, root / "worker.sqlite3")
+    w.wait_ready()
+    yield w
+    w.close()

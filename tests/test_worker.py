@@ -13,15 +13,6 @@ from tests.conftest import WORLD_ROLES as ROLES
 from tests.worker_harness import ROOT, Worker
 
 
-@pytest.fixture(scope="module")
-def worker(tiny_world):  # type: ignore[no-untyped-def]
-    model, space, root = tiny_world
-    w = Worker(model, space, root / "worker.sqlite3")
-    w.wait_ready()
-    yield w
-    w.close()
-
-
 def tokens_of(events, turn):  # type: ignore[no-untyped-def]
     return [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
 

@@ -1,0 +1,107 @@
+"""A scripted stand-in for the worker client: same methods, deterministic replies, every call recorded."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from app.client import WorkerError
+
+
+class FakeClient:
+    def __init__(self, ready: bool = True, reply: str = "Hello there, I am a helpful assistant.") -> None:
+        self.ready = ready
+        self.reply = reply
+        self.calls: list[tuple[str, Any]] = []
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.log: dict[str, list[dict[str, Any]]] = {}
+        self.seq = itertools.count(1)
+        self.ids = itertools.count(1)
+
+    def _event(self, sid: str, turn: int | None, kind: str, data: dict[str, Any]) -> None:
+        self.log[sid].append({"seq": next(self.seq), "turn": turn, "type": kind, "data": data})
+
+    def health(self) -> dict[str, Any]:
+        self.calls.append(("health", None))
+        return {
+            "ready": self.ready,
+            "status": "ready" if self.ready else "loading model",
+            "model_name": "Fake",
+            "device": "cpu",
+            "queue_length": 0,
+        }
+
+    def create_session(
+        self, system: str | None = None, controls: dict[str, Any] | None = None, title: str | None = None
+    ) -> dict[str, Any]:
+        sid = f"{len(self.sessions) + 1:016x}"
+        merged = {"cap_enabled": False, "cap_percentile": 75.0, "cap_layers": [2, 3], "steer_coefficient": 0.0,
+                  "greedy": True, "seed": 0, "max_new_tokens": 32, **(controls or {})}  # fmt: skip
+        self.sessions[sid] = {"id": sid, "system": system, "controls": merged, "controls_version": 0, "title": title}
+        self.log[sid] = []
+        self.calls.append(("create_session", (system, controls)))
+        return dict(self.sessions[sid])
+
+    def session(self, sid: str) -> dict[str, Any]:
+        return dict(self.sessions[sid])
+
+    def post_message(self, sid: str, content: str, compare: bool = False) -> dict[str, Any]:
+        self.calls.append(("post_message", (sid, content, compare)))
+        user = next(self.ids)
+        self._event(
+            sid, user, "turn_created", {"turn": user, "role": "user", "content": content, "variant": "single", "reply_to": None}
+        )
+        variants = ["capped", "uncapped"] if compare else ["single"]
+        turns = []
+        for v, variant in enumerate(variants):
+            turn = next(self.ids)
+            turns.append(turn)
+            self._event(
+                sid,
+                turn,
+                "turn_created",
+                {"turn": turn, "role": "assistant", "variant": variant, "reply_to": user, "status": "queued"},
+            )
+            self._event(sid, turn, "turn_start", {"turn": turn})
+            words = self.reply.split(" ")
+            for i, word in enumerate(words):
+                text = word if i == 0 else " " + word
+                self._event(sid, turn, "token", {"turn": turn, "index": i, "text": text, "projection": 1.0 + i * 0.1 - v, "cap_on": variant == "capped",
+                                                 "cap_delta": 0.0, "controls_version": 0, "variant": variant})  # fmt: skip
+            self._event(sid, turn, "turn_end", {"turn": turn, "status": "done", "mean_projection": 1.5 - v, "pca": [0.1 * user, 0.2, 0.0],
+                                                "umap_2d": [0.0, 0.0], "nearest": [{"name": "librarian", "cosine": 0.9}], "n_tokens": len(words)})  # fmt: skip
+        return {"user_turn": user, "assistant_turns": turns, "variants": variants, "queue_position": 0}
+
+    def events(self, sid: str, after: int = 0) -> list[dict[str, Any]]:
+        return [e for e in self.log[sid] if e["seq"] > after]
+
+    def patch_controls(self, sid: str, **changes: Any) -> dict[str, Any]:
+        self.calls.append(("patch_controls", changes))
+        if "cap_percentile" in changes and not 0 <= changes["cap_percentile"] <= 100:
+            raise WorkerError("invalid request: cap_percentile: must be in [0, 100]")
+        session = self.sessions[sid]
+        session["controls"] = {**session["controls"], **changes}
+        session["controls_version"] += 1
+        return {"controls": session["controls"], "controls_version": session["controls_version"]}
+
+    def stop(self, sid: str) -> dict[str, Any]:
+        self.calls.append(("stop", sid))
+        return {"stopped": []}
+
+    def undo(self, sid: str) -> dict[str, Any]:
+        self.calls.append(("undo", sid))
+        return {"undone": []}
+
+    def export(self, sid: str) -> dict[str, Any]:
+        return {"format": "persona-space-session", "session": self.sessions[sid], "turns": [], "events": self.log[sid]}
+
+    def import_session(self, data: dict[str, Any]) -> dict[str, Any]:
+        return self.create_session()
+
+    def project(self, conversation: Any, layer: int | None = None) -> dict[str, Any]:
+        self.calls.append(("project", layer))
+        messages = conversation["conversation"] if isinstance(conversation, dict) else conversation
+        n = sum(1 for m in messages if m["role"] == "assistant")
+        turns = [{"index": i, "message_index": 2 * i + 1, "projection": 2.0 - i, "n_tokens": 5, "pca": [0, 0, 0],
+                  "nearest": [{"name": "poet", "cosine": 0.5}]} for i in range(n)]  # fmt: skip
+        return {"model": "Fake", "layer": layer if layer is not None else 2, "tokens": 40, "turns": turns}
