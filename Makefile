@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES :=
+# Debian's Chromium drives the browser tests (Playwright uses it; it never downloads a browser).
+APT_PACKAGES := chromium
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup test-deps run test lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,24 +18,31 @@ $(STAMP): requirements.txt requirements-dev.txt Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
-ifneq ($(strip $(APT_PACKAGES)),)
+
+# Debian packages the tests need (as root, or through sudo).
+test-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
-endif
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 run: setup
-	$(PY) -m backend chat
+	$(PY) -m app.launch
 
 lint: setup
-	$(VENV)/bin/ruff check backend tests bench
-	$(VENV)/bin/ruff format --check backend tests bench
+	$(VENV)/bin/ruff check backend app tests bench
+	$(VENV)/bin/ruff format --check backend app tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint test-deps
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) bench/hooks.py --quick
+	$(PY) bench/build.py --quick
+	$(PY) bench/worker.py --quick
+	$(PY) bench/app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,74 @@
+"""App speed in a real browser: cold start (servers started -> persona-space chart drawn with every archetype)
+and a PCA layer switch (slider moved -> chart redrawn for the new layer). The last line is JSON.
+
+    python bench/app.py            # the model must already be converted in the cache (make run once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.space_view import read_space
+from tests.browser import Servers, launch_browser, plot_points
+
+SHIPPED = Path(__file__).resolve().parents[1] / "cached_activations" / "smollm2-135m"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--switches", type=int, default=4)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    kept = len(read_space(SHIPPED).roles)
+    target = read_space(SHIPPED).target_layer
+    servers = Servers()
+    try:
+        with sync_playwright() as p:
+            context = launch_browser(p)
+            page = context.new_page()
+            servers.wait_app()
+            page.goto(f"{servers.url}/space")
+            page.wait_for_function(
+                f"() => {{ const g = document.querySelector('.js-plotly-plot'); return g && g.data && g.data[0].x.length === {kept}; }}",
+                timeout=120_000,
+            )
+            cold = time.perf_counter() - servers.started
+            assert plot_points(page) == kept
+            switches = []
+            slider = page.get_by_role("slider").nth(0)
+            for i in range(args.switches):
+                layer = target + (1 if i % 2 == 0 else 0)
+                slider.focus()
+                t0 = time.perf_counter()
+                slider.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")
+                page.wait_for_function(
+                    f"() => {{ const g = document.querySelector('.js-plotly-plot'); return g && g.layout && g.layout.title && "
+                    f"String(g.layout.title.text).includes('layer {layer}'); }}",
+                    timeout=60_000,
+                )
+                switches.append(time.perf_counter() - t0)
+            context.close()
+    finally:
+        servers.close()
+    print(
+        json.dumps(
+            {
+                "cold_start_s": round(cold, 2),
+                "layer_switch_s": round(statistics.median(switches), 3),
+                "layer_switches": [round(s, 3) for s in switches],
+                "archetypes": kept,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

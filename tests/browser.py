@@ -1,0 +1,98 @@
+"""Real-browser helpers: Debian's Chromium driven by Playwright (never `playwright install`), and `make run`'s
+servers started on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.worker_harness import ROOT, free_port
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+
+
+def chromium_path() -> str:
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or ""):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise RuntimeError("Debian's chromium is not installed: `apt-get install chromium` (make test does it)")
+
+
+def launch_browser(playwright: Any) -> Any:
+    profile = tempfile.mkdtemp(prefix="persona-space-chromium-")
+    return playwright.chromium.launch_persistent_context(
+        profile, executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True, viewport={"width": 1400, "height": 1000}
+    )
+
+
+class Servers:
+    """`python -m app.launch` (what `make run` starts) on free ports."""
+
+    def __init__(self, model: str = "smollm2-135m", space: Path | None = None) -> None:
+        self.worker_port, self.app_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.app_port}"
+        self.worker_url = f"http://127.0.0.1:{self.worker_port}"
+        env = dict(
+            os.environ, PERSONA_SPACE_WORKER_PORT=str(self.worker_port), PERSONA_SPACE_APP_PORT=str(self.app_port),
+            PERSONA_SPACE_MODEL=model, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+        )  # fmt: skip
+        if space is not None:
+            env["PERSONA_SPACE_SPACE"] = str(space)
+        self.log = Path(tempfile.mkdtemp()) / "launch.log"
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.launch"], cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
+        )
+
+    def wait(self, url: str, predicate: Any = lambda body: True, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"launcher exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if predicate(response.read()):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{url} not ready: {self.log.read_text()[-3000:]}")
+
+    def wait_app(self) -> None:
+        self.wait(f"{self.url}/_stcore/health")
+
+    def wait_worker(self) -> None:
+        self.wait(f"{self.worker_url}/health", lambda body: b'"ready":true' in body)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the launcher stops both servers
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def plot_points(page: Any, index: int = 0) -> int:
+    """Number of points in the first trace of the ``index``-th plotly chart on the page."""
+    return int(
+        page.evaluate(
+            f"() => {{ const g = document.querySelectorAll('.js-plotly-plot')[{index}]; return g && g.data ? g.data[0].x.length : 0; }}"
+        )
+    )
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
