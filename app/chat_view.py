@@ -26,9 +26,18 @@ def new_session(
     created = call(client().create_session, system, controls, title)
     if created is None:
         return None
-    s = state(prefix)
-    s.update(sid=created["id"], conv=Conversation(), controls=created["controls"])
+    adopt(prefix, created)
     return str(created["id"])
+
+
+CONTROL_KEYS = ("cap_on", "cap_pct", "cap_layers", "steer", "greedy", "seed", "max")
+
+
+def adopt(prefix: str, session: dict[str, Any]) -> None:
+    """Make ``session`` the page's session; its controls repopulate the widgets (keyed widgets keep old values)."""
+    state(prefix).update(sid=session["id"], conv=Conversation(), controls=session["controls"])
+    for name in CONTROL_KEYS:
+        st.session_state.pop(f"{prefix}_{name}", None)
 
 
 def push_control(prefix: str, field: str, widget_key: str, transform: Any = None) -> None:

@@ -201,6 +201,7 @@ def generate_chunk(
                 top_p=settings.top_p,
                 top_k=0,
                 pad_token_id=pad,
+                eos_token_id=sorted(stop.tolist()),  # stop on exactly the tokens the mask leaves out
             )
     finally:
         hook.remove()
@@ -355,7 +356,7 @@ def collect(
     records: list[dict[str, Any]] = []
     for i in range(len(chunks)):
         u, m, r = work.load(i)
-        if [x.key for x in u] != [x.key for x in chunks[i]]:
+        if u != chunks[i]:  # same roles, prompts and questions, word for word
             raise PersonaSpaceError(f"chunk {i} in {work.root} does not hold the answers this plan expects")
         all_units += u
         means.append(m)
@@ -379,9 +380,15 @@ def make_judge(name: str, catalogue: Catalogue) -> Any:
 
 def run_judge(judge: Any, units: list[Unit], records: list[dict[str, Any]], work: WorkFolder) -> dict[str, tuple[int, str]]:
     """Scores of every role answer (defaults are not judged), cached in the work folder per judge."""
-    path = work.root / f"judge-{judge.name}.json"
+    identity = getattr(judge, "identity", judge.name)
+    tag = hashlib.sha256(str(identity).encode()).hexdigest()[:10]
+    path = work.root / f"judge-{judge.name}-{tag}.json"  # another judge model or setting gets its own cache
     cached: dict[str, list[Any]] = json.loads(path.read_text()) if path.exists() else {}
-    todo = [(u, r) for u, r in zip(units, records, strict=True) if u.role != DEFAULT_ROLE and u.key not in cached]
+    todo = [
+        (u, r)
+        for u, r in zip(units, records, strict=True)
+        if u.role != DEFAULT_ROLE and u.key not in cached and r["n_tokens"] > 0
+    ]
     step = 256
     bar = _progress(len(todo), f"judge ({judge.name})")
     for start in range(0, len(todo), step):

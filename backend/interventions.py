@@ -324,9 +324,9 @@ class Monitor:
                     f"monitor direction length {self.direction.shape[0]} does not match hidden size {hidden.shape[-1]}"
                 )
             d = self._cast
-            if d is None or d.device != hidden.device or d.dtype != hidden.dtype:
-                d = self._cast = self.direction.to(device=hidden.device, dtype=hidden.dtype)
-            values = hidden.detach() @ d  # stays on the device; readings() copies
+            if d is None or d.device != hidden.device:
+                d = self._cast = self.direction.to(device=hidden.device)
+            values = hidden.detach().float() @ d  # float32 even for bf16 models; stays on the device
             start = self._offset
             self._offset += values.shape[-1]
             self._chunks.append(values)

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +75,9 @@ class EmbeddingJudge:
         self.rank_threshold = rank_threshold
         self.names = [a.name for a in archetypes]
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.profiles = self.embed([role_profile(a) for a in archetypes])
+        texts = [role_profile(a) for a in archetypes]
+        self.profiles = self.embed(texts)
+        self.identity = f"embedding all-MiniLM-L6-v2 rank>={rank_threshold} profiles={hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)

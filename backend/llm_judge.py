@@ -210,6 +210,7 @@ class OpenAIJudge:
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/chat/completions"
         self.model = model
+        self.identity = f"openai {self.base_url} {model} rubric={hash_text(RUBRIC)}"
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout_s = timeout_s
@@ -427,3 +428,9 @@ def _advice(status: int) -> str:
     if status == 404:
         return "Check the endpoint (PERSONA_SPACE_JUDGE_BASE_URL, e.g. .../v1) and the model name (PERSONA_SPACE_JUDGE_MODEL)"
     return "Check the judge settings (PERSONA_SPACE_JUDGE_BASE_URL, PERSONA_SPACE_JUDGE_MODEL)"
+
+
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -303,3 +303,42 @@ def test_project_transcript_and_session_import(worker) -> None:  # type: ignore[
         (t["role"], t["content"], t["status"]) for t in old["turns"]
     ]
     assert worker.client.post("/sessions/import", json={"format": "other"}).status_code == 422
+
+
+def test_bad_import_writes_nothing_and_concurrent_patches_keep_both(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 4})
+    exported = worker.client.get(f"/sessions/{sid}/export").json()
+    exported["turns"] = [{"id": 1, "role": "system", "content": "x", "status": "done"}]
+    before = len(worker.client.get("/sessions").json()["sessions"])
+    r = worker.client.post("/sessions/import", json=exported)
+    assert r.status_code == 422 and "role must be user/assistant" in r.json()["error"]
+    assert len(worker.client.get("/sessions").json()["sessions"]) == before
+    results: list[int] = []
+    fields = [{"temperature": 0.3}, {"top_p": 0.5}, {"seed": 42}, {"cap_percentile": 10.0}]
+    threads = [
+        threading.Thread(target=lambda f=f: results.append(worker.client.patch(f"/sessions/{sid}/controls", json=f).status_code))
+        for f in fields
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    controls = worker.client.get(f"/sessions/{sid}/controls").json()
+    assert results == [200] * 4 and controls["controls_version"] == 4
+    c = controls["controls"]
+    assert (c["temperature"], c["top_p"], c["seed"], c["cap_percentile"]) == (0.3, 0.5, 42, 10.0)
+
+
+def test_max_new_tokens_lowered_mid_turn_ends_the_reply(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 1000, "greedy": False})
+    turn = worker.say(sid, "Talk for a long time.")["assistant_turns"][0]
+    worker.wait_tokens(sid, turn, 20)
+    worker.client.patch(f"/sessions/{sid}/controls", json={"max_new_tokens": 8})
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    n = len(tokens_of(events, turn))
+    applied = next(e["data"] for e in events if e["type"] == "controls_applied")
+    assert (
+        n == applied["from_token"]
+        and next(e["data"] for e in events if e["type"] == "turn_end")["reason"] == "max_new_tokens reached"
+    )

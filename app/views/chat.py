@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from app.chat_view import controls_panel, conversation_view, export_button, new_session, state
+from app.chat_view import adopt, controls_panel, conversation_view, export_button, new_session, state
 from app.ui import call, client, load_space, worker_status
 
 PREFIX = "chat"
@@ -43,7 +43,7 @@ with st.sidebar:
             st.error(f"Not a JSON file: {exc}")
             created = None
         if created:
-            s.update(sid=created["id"], conv=type(s["conv"])(), controls=created["controls"])
+            adopt(PREFIX, created)
 
 st.caption(f"Session {s['sid']}")
 

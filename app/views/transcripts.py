@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 
@@ -35,13 +36,14 @@ if health is None:
     st.stop()
 
 cache = st.session_state.setdefault("transcript_results", {})
-key = (uploaded.name, uploaded.size, layer)
+key = (hashlib.sha256(uploaded.getvalue()).hexdigest(), layer)
 if key not in cache:
     with st.spinner("Projecting every assistant turn…"):
-        cache[key] = call(client().project, data, layer)
+        projected = call(client().project, data, layer)
+    if projected is None:  # the worker said why; nothing is cached, so a rerun tries again
+        st.stop()
+    cache[key] = projected
 result = cache[key]
-if result is None:
-    st.stop()
 
 messages = data.get("conversation", data.get("messages")) if isinstance(data, dict) else data
 assistant_texts = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
@@ -59,7 +61,10 @@ rows = [
     for t in result["turns"]
 ]
 st.dataframe(rows, hide_index=True)
-pick = st.number_input("Read assistant turn", 1, max(1, len(assistant_texts)), (chosen or 0) + 1, key="transcript_pick")
+if chosen is not None and st.session_state.get("transcript_clicked") != chosen:
+    st.session_state["transcript_clicked"] = chosen
+    st.session_state["transcript_pick"] = min(chosen + 1, max(1, len(assistant_texts)))
+pick = st.number_input("Read assistant turn", 1, max(1, len(assistant_texts)), key="transcript_pick")
 if assistant_texts:
     text = assistant_texts[int(pick) - 1]
     st.markdown(plain(text if isinstance(text, str) else json.dumps(text)))

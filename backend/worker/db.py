@@ -127,7 +127,10 @@ class Database:
                 self.conn.execute(
                     "UPDATE sessions SET controls=?, controls_version=controls_version+1 WHERE id=?", (json.dumps(controls), sid)
                 )
-                version = int(self.conn.execute("SELECT controls_version FROM sessions WHERE id=?", (sid,)).fetchone()[0])
+                row = self.conn.execute("SELECT controls_version FROM sessions WHERE id=?", (sid,)).fetchone()
+                if row is None:
+                    raise KeyError(sid)
+                version = int(row[0])
                 self._event(
                     sid,
                     turn_id,
@@ -185,6 +188,16 @@ class Database:
             if event:
                 self._event(row["session_id"], tid, event, dict(data or {}, turn=tid, status=status))
 
+    def start_turn(self, tid: int, data: dict[str, Any]) -> bool:
+        """queued -> running (with a ``turn_start`` event); False when the turn is no longer queued."""
+        with self.lock:
+            cur = self.conn.execute("UPDATE turns SET status='running' WHERE id=? AND status='queued'", (tid,))
+            if cur.rowcount == 0:
+                return False
+            row = self.conn.execute("SELECT session_id FROM turns WHERE id=?", (tid,)).fetchone()
+            self._event(row["session_id"], tid, "turn_start", dict(data, turn=tid, status="running"))
+            return True
+
     def append_token(self, sid: str, tid: int, text: str, data: dict[str, Any]) -> int:
         """Add a token's text to its turn and record its event, in one transaction."""
         with self.lock:
@@ -198,11 +211,14 @@ class Database:
                 raise
         return seq
 
-    def finish_turn(self, tid: int, status: str, summary: dict[str, Any] | None, content: str | None = None) -> None:
+    def finish_turn(
+        self, tid: int, status: str, summary: dict[str, Any] | None, content: str | None = None, only_if: str | None = None
+    ) -> bool:
+        """End a turn with ``status`` and a ``turn_end`` event; with ``only_if``, only when its status is that."""
         with self.lock:
-            row = self.conn.execute("SELECT session_id FROM turns WHERE id=?", (tid,)).fetchone()
-            if row is None:
-                return
+            row = self.conn.execute("SELECT session_id, status FROM turns WHERE id=?", (tid,)).fetchone()
+            if row is None or (only_if is not None and row["status"] != only_if):
+                return False
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 if content is not None:
@@ -216,6 +232,67 @@ class Database:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
+        return True
+
+    def import_session(
+        self, system: Any, controls: dict[str, Any], title: Any, turns: list[dict[str, Any]], events: list[dict[str, Any]]
+    ) -> str:
+        """Write an exported session under a new id, all or nothing. Raises ValueError on malformed input."""
+        if system is not None and not isinstance(system, str):
+            raise ValueError("session.system must be text or null")
+        checked = []
+        for t in sorted(turns, key=lambda t: int(t["id"])):
+            if t["role"] not in ("user", "assistant") or not isinstance(t["content"], str):
+                raise ValueError(f"turn {t.get('id')}: role must be user/assistant and content text")
+            status = str(t.get("status", "done"))
+            checked.append((int(t["id"]), t, "incomplete" if status in ACTIVE else status))
+        tokens: dict[int, list[dict[str, Any]]] = {}
+        for e in events:
+            if e.get("type") == "token" and isinstance(e.get("data"), dict):
+                tokens.setdefault(int(e["turn"]), []).append(e["data"])
+        sid = uuid.uuid4().hex[:16]
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                self.conn.execute(
+                    "INSERT INTO sessions (id, created, title, system, controls, controls_version) VALUES (?, ?, ?, ?, ?, 0)",
+                    (sid, now, str(title) if title else None, system, json.dumps(controls)),
+                )
+                self._event(
+                    sid,
+                    None,
+                    "session_created",
+                    {"system": system, "controls": controls, "controls_version": 0, "imported": True},
+                )
+                ids: dict[int, int] = {}
+                undone: list[int] = []
+                for old, t, status in checked:
+                    reply_to = ids.get(int(t["reply_to"])) if t.get("reply_to") is not None else None
+                    cur = self.conn.execute(
+                        "INSERT INTO turns (session_id, role, variant, reply_to, content, status, seed, created, finished, summary) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sid, t["role"], str(t.get("variant", "single")), reply_to, t["content"], status, t.get("seed"), now, now,
+                         json.dumps(t["summary"]) if t.get("summary") else None),
+                    )  # fmt: skip
+                    new = int(cur.lastrowid or 0)
+                    ids[old] = new
+                    self._event(sid, new, "turn_created", {"turn": new, "role": t["role"], "variant": t.get("variant", "single"),
+                                                            "reply_to": reply_to, "content": t["content"] if t["role"] == "user" else "", "status": status})  # fmt: skip
+                    for data in tokens.get(old, []):
+                        self._event(sid, new, "token", dict(data, turn=new))
+                    if t["role"] == "assistant":
+                        self._event(sid, new, "turn_end", dict(t.get("summary") or {}, turn=new, status=status))
+                    if t.get("undone"):
+                        undone.append(new)
+                if undone:
+                    self.conn.executemany("UPDATE turns SET undone=1 WHERE id=?", [(i,) for i in undone])
+                    self._event(sid, None, "undo", {"turns": undone})
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return sid
 
     def undo(self, sid: str) -> list[int]:
         """Mark the last user turn and every reply to it as undone; returns their ids."""

@@ -71,6 +71,7 @@ class Engine:
         self.tokens_generated = 0
         self.max_context = self._max_context()
         self.stop_ids = self._stop_ids()
+        self.last_logits_only = last_logits_only(loaded.model)
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
 
     # setup ----------------------------------------------------------------------------------------------
@@ -117,6 +118,10 @@ class Engine:
         return controls
 
     def patch_controls(self, sid: str, patch: ControlsPatch) -> tuple[Controls, int]:
+        with self.cond:  # read, merge and write as one step: concurrent patches never overwrite each other
+            return self._patch_controls(sid, patch)
+
+    def _patch_controls(self, sid: str, patch: ControlsPatch) -> tuple[Controls, int]:
         session = self.db.session(sid)
         if session is None:
             raise KeyError(sid)
@@ -130,10 +135,9 @@ class Engine:
             controls = self.validate_controls(Controls(**data))
         except ValueError as exc:
             raise ControlError(str(exc)) from exc
-        with self.cond:
-            running = self.running if self.running is not None and self.running.session_id == sid else None
-            version = self.db.set_controls(sid, controls.model_dump(mode="json"), running.turn_id if running else None, None)
-            self.pending[sid] = (controls, version)
+        running = self.running if self.running is not None and self.running.session_id == sid else None
+        version = self.db.set_controls(sid, controls.model_dump(mode="json"), running.turn_id if running else None, None)
+        self.pending[sid] = (controls, version)
         return controls, version
 
     def cap_record(self, controls: Controls, variant: str) -> Cap | None:
@@ -192,10 +196,8 @@ class Engine:
             if self.running is not None and self.running.session_id == sid:
                 self.running.stop.set()
                 stopped.append(self.running.turn_id)
-        for tid in stopped:
-            turn = self.db.turn(tid)
-            if turn is not None and turn["status"] == "queued":
-                self.db.finish_turn(tid, "stopped", {"reason": "stopped before it started", "n_tokens": 0})
+        for tid in stopped:  # a turn already running ends itself at its next step
+            self.db.finish_turn(tid, "stopped", {"reason": "stopped before it started", "n_tokens": 0}, only_if="queued")
         return stopped
 
     def busy(self, sid: str) -> bool:
@@ -237,9 +239,15 @@ class Engine:
 
     def history(self, job: Job) -> list[Message]:
         turns = [t for t in self.db.turns(job.session_id) if t["id"] < job.turn_id]
+        # A compared exchange continues each column with its own reply; a single reply after a comparison takes the
+        # column that matches the session's cap setting.
+        session = self.db.session(job.session_id) or {"controls": {}}
+        preferred = (
+            job.variant if job.variant != "single" else ("capped" if session["controls"].get("cap_enabled") else "uncapped")
+        )
         replies: dict[int, str] = {}
         for t in turns:
-            if t["role"] == "assistant" and t["variant"] in ("single", job.variant) and t["content"]:
+            if t["role"] == "assistant" and t["content"] and t["variant"] in ("single", preferred):
                 replies.setdefault(t["reply_to"], t["content"])
         messages: list[Message] = []
         for t in turns:
@@ -263,8 +271,9 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, controls: Controls, generator: torch.Generator) -> int:
         if controls.greedy:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / controls.temperature, dim=-1)
+            return int(torch.argmax(logits.float()))
+        # On the CPU: the seeded generator lives there, and the same seed then draws the same token on any device.
+        probs = torch.softmax(logits.float().cpu() / controls.temperature, dim=-1)
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < controls.top_p
         sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
@@ -273,10 +282,11 @@ class Engine:
 
     @torch.inference_mode()
     def _run(self, job: Job) -> None:
-        session = self.db.session(job.session_id)
-        if session is None:  # deleted while queued
+        with self.cond:  # atomic with patch_controls: the stored controls are the newest, pending ones are older
+            self.pending.pop(job.session_id, None)
+            session = self.db.session(job.session_id)
+        if session is None or job.stop.is_set():  # deleted or stopped while queued
             return
-        self._take_pending(job.session_id)  # the stored controls are the newest
         controls = self.validate_controls(Controls(**session["controls"]))
         version = int(session["controls_version"])
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
@@ -289,12 +299,10 @@ class Engine:
                  f"exceed the model's context of {self.max_context}; start a new session or undo turns"},
             )  # fmt: skip
             return
-        self.db.set_status(
-            job.turn_id,
-            "running",
-            "turn_start",
-            {"variant": job.variant, "prompt_tokens": len(prompt), "controls_version": version},
-        )
+        if not self.db.start_turn(
+            job.turn_id, {"variant": job.variant, "prompt_tokens": len(prompt), "controls_version": version}
+        ):
+            return  # stopped in the meantime
         self._apply(controls, job.variant)
         device = next(model.parameters()).device
         # Same seed + same conversation => same sampling, in any session, for both columns of a comparison.
@@ -311,9 +319,11 @@ class Engine:
         with intervene(
             model, self.cap_live, self.steer_live, monitor, capture, layers_path=self.loaded.info.layers_path, cap_log=cap_log
         ):
-            out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+            out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **self.last_logits_only)
             past, logits = out.past_key_values, out.logits[0, -1]
-            for index in range(controls.max_new_tokens):
+            index = -1
+            while True:
+                index += 1
                 if job.stop.is_set():
                     status, reason = "stopped", "stopped by the user"
                     break
@@ -327,11 +337,19 @@ class Engine:
                         "controls_applied",
                         {"turn": job.turn_id, "controls_version": version, "from_token": index},
                     )
+                if index >= min(controls.max_new_tokens, self.max_context - width):
+                    status, reason = "done", "max_new_tokens reached"
+                    break
                 token = self._sample(logits, controls, generator)
                 if token in self.stop_ids:
                     break
                 mark = len(cap_log.steps)
-                out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
+                out = model(
+                    input_ids=torch.tensor([[token]], device=device),
+                    past_key_values=past,
+                    use_cache=True,
+                    **self.last_logits_only,
+                )
                 past, logits = out.past_key_values, out.logits[0, -1]
                 tokens.append(token)
                 full = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -346,8 +364,6 @@ class Engine:
                 }  # fmt: skip
                 self.db.append_token(job.session_id, job.turn_id, piece, data)
                 self.tokens_generated += 1
-            else:
-                status, reason = "done", "max_new_tokens reached"
         final = tokenizer.decode(tokens, skip_special_tokens=True)
         summary: dict[str, Any] = {
             "variant": job.variant, "reason": reason, "n_tokens": len(tokens), "seconds": round(time.time() - started, 3),
@@ -355,8 +371,14 @@ class Engine:
         }  # fmt: skip
         if tokens:
             mean = capture.mean()[0, 0]
-            summary.update(self.placement.place(mean))
-            summary["mean_projection"] = summary.pop("projection")
+            try:
+                summary.update(self.placement.place(mean))
+                summary["mean_projection"] = summary.pop("projection")
+            except Exception as exc:  # the reply stands even if it cannot be placed in the space
+                log.exception("placing turn %s failed", job.turn_id)
+                axis = self.axis[self.target]
+                summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
+                summary["placement_error"] = f"{type(exc).__name__}: {exc}"
         self.db.finish_turn(job.turn_id, status, summary, content=final)
 
     def project(self, data: Any, layer: int | None) -> dict[str, Any]:
@@ -368,36 +390,17 @@ class Engine:
             return project_transcript(self.loaded, self.space, transcript, layer)
 
     def import_session(self, data: Any) -> str:
-        """Recreate an exported session (turns and their events) under a new id; returns the id."""
+        """Recreate an exported session (turns, their token events, undos) under a new id, in one transaction."""
         if not isinstance(data, dict) or data.get("format") != "persona-space-session":
             raise ControlError("not a Persona Space session export (expected format 'persona-space-session')")
         try:
             session, turns, events = data["session"], data["turns"], data["events"]
             controls = self.validate_controls(Controls(**session["controls"]))
-            sid = self.db.create_session(session.get("system"), controls.model_dump(mode="json"), session.get("title"))
-            ids: dict[int, int] = {}
-            for t in sorted(turns, key=lambda t: t["id"]):
-                status = "incomplete" if t["status"] in ("queued", "running") else t["status"]
-                new = self.db.add_turn(
-                    sid,
-                    t["role"],
-                    t["content"],
-                    status,
-                    t.get("variant", "single"),
-                    ids.get(t.get("reply_to") or -1),
-                    t.get("seed"),
-                )
-                ids[int(t["id"])] = new
-                if t["role"] == "assistant":
-                    for e in events:
-                        if e.get("turn") == t["id"] and e.get("type") == "token":
-                            self.db.event(sid, new, "token", dict(e["data"], turn=new))
-                    self.db.finish_turn(new, status, t.get("summary"), content=t["content"])
-                if t.get("undone"):
-                    self.db.conn.execute("UPDATE turns SET undone=1 WHERE id=?", (new,))
-        except (KeyError, TypeError, ValueError) as exc:
+            return self.db.import_session(
+                session.get("system"), controls.model_dump(mode="json"), session.get("title"), turns, events
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ControlError(f"the session export is malformed: {type(exc).__name__}: {exc}") from exc
-        return sid
 
     def _cap_event(self, cap_log: CapLog, mark: int) -> dict[str, Any]:
         steps = cap_log.steps[mark:]
@@ -414,3 +417,13 @@ class Engine:
             "projection_before_cap": round(float(steps[0].before[0, -1]), 5),
             "projection_after_cap": round(float(steps[0].before[0, -1]) + deltas[0], 5),
         }
+
+
+def last_logits_only(model: Any) -> dict[str, Any]:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it: only the last position's logits are needed."""
+    import inspect
+
+    try:
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    except (TypeError, ValueError):
+        return {}

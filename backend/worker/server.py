@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,6 +123,14 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
     async def domain_error(request: Request, exc: PersonaSpaceError) -> JSONResponse:
         return _problem(400, str(exc))
 
+    @app.exception_handler(KeyError)
+    async def missing(request: Request, exc: KeyError) -> JSONResponse:
+        return _problem(404, f"no session {exc.args[0] if exc.args else ''} (it may have been deleted)")
+
+    @app.exception_handler(sqlite3.IntegrityError)
+    async def changed(request: Request, exc: sqlite3.IntegrityError) -> JSONResponse:
+        return _problem(409, "the session changed while this request ran (was it deleted?)")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
@@ -147,7 +156,7 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
                 device=engine.loaded.info.device,
                 model_name=engine.loaded.info.name,
                 queue_length=engine.queue_length(),
-                running_turn=engine.running.turn_id if engine.running else None,
+                running_turn=job.turn_id if (job := engine.running) is not None else None,
                 tokens_generated=engine.tokens_generated,
             )
         return out
@@ -270,28 +279,33 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
             return {"events": await run_in_threadpool(state.db.events, sid, after, limit)}
 
         async def stream() -> AsyncIterator[str]:
-            last, quiet = after, 0.0
-            while True:
-                if await request.is_disconnected():
-                    if cancel_on_disconnect and state.engine is not None:
-                        state.engine.stop(sid)
-                    return
-                batch = await run_in_threadpool(state.db.events, sid, last, 500)
-                for event in batch:
-                    last = event["seq"]
-                    yield f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                if batch:
-                    quiet = 0.0
-                    continue
-                busy = state.engine.busy(sid) if state.engine is not None else False
-                if until_idle and not busy and not await run_in_threadpool(state.db.events, sid, last, 1):
-                    yield "event: idle\ndata: {}\n\n"
-                    return
-                quiet += 0.05
-                if quiet >= 15:
-                    quiet = 0.0
-                    yield ": keep-alive\n\n"
-                await asyncio.sleep(0.05)
+            last, quiet, finished = after, 0.0, False
+            try:
+                while True:
+                    if await request.is_disconnected():
+                        return
+                    batch = await run_in_threadpool(state.db.events, sid, last, 500)
+                    for event in batch:
+                        last = event["seq"]
+                        yield f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                    if batch:
+                        quiet = 0.0
+                        continue
+                    engine = state.engine
+                    busy = await run_in_threadpool(engine.busy, sid) if engine is not None else False
+                    if until_idle and not busy and not await run_in_threadpool(state.db.events, sid, last, 1):
+                        finished = True
+                        yield "event: idle\ndata: {}\n\n"
+                        return
+                    quiet += 0.05
+                    if quiet >= 15:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
+                    await asyncio.sleep(0.05)
+            finally:
+                # the client went away (the server cancels this generator on disconnect)
+                if cancel_on_disconnect and not finished and state.engine is not None:
+                    await run_in_threadpool(state.engine.stop, sid)
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
