@@ -114,6 +114,9 @@ def write_space(target: Path, manifest: dict[str, Any], tensors: dict[str, torch
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSOR_FILE))
         manifest = dict(manifest, format_version=FORMAT_VERSION, files={TENSOR_FILE: sha256_file(tmp / TENSOR_FILE)})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a space is meant to be shared
+        for file in (TENSOR_FILE, MANIFEST):
+            os.chmod(tmp / file, 0o644)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}-old-{os.getpid()}")
