@@ -13,9 +13,7 @@ if str(ROOT) not in sys.path:  # pages import `app` and `backend` from the repos
 
 st.set_page_config(page_title="Persona Space", page_icon=":material/explore:", layout="wide")
 pages = [
-    st.Page(
-        str(ROOT / "app" / "views" / "space.py"), title="Persona space", icon=":material/explore:", default=True, url_path="space"
-    ),
+    st.Page(str(ROOT / "app" / "views" / "space.py"), title="Persona space", icon=":material/explore:", default=True),
     st.Page(str(ROOT / "app" / "views" / "chat.py"), title="Live chat", icon=":material/chat:", url_path="chat"),
     st.Page(
         str(ROOT / "app" / "views" / "transcripts.py"), title="Transcripts", icon=":material/description:", url_path="transcripts"

@@ -35,7 +35,7 @@ def main() -> None:
             context = launch_browser(p)
             page = context.new_page()
             servers.wait_app()
-            page.goto(f"{servers.url}/space")
+            page.goto(servers.url)
             page.wait_for_function(
                 f"() => {{ const g = document.querySelector('.js-plotly-plot'); return g && g.data && g.data[0].x.length === {kept}; }}",
                 timeout=120_000,
@@ -43,12 +43,12 @@ def main() -> None:
             cold = time.perf_counter() - servers.started
             assert plot_points(page) == kept
             switches = []
-            slider = page.get_by_role("slider").nth(0)
+            slider = page.locator("input[type=range][aria-label='Layer (PCA)']")
             for i in range(args.switches):
                 layer = target + (1 if i % 2 == 0 else 0)
                 slider.focus()
                 t0 = time.perf_counter()
-                slider.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")
+                page.keyboard.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")
                 page.wait_for_function(
                     f"() => {{ const g = document.querySelector('.js-plotly-plot'); return g && g.layout && g.layout.title && "
                     f"String(g.layout.title.text).includes('layer {layer}'); }}",
