@@ -72,6 +72,7 @@ class Engine:
         self.max_context = self._max_context()
         self.stop_ids = self._stop_ids()
         self.last_logits_only = last_logits_only(loaded.model)
+        self.cache_kw = cache_keyword(loaded.model)
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
 
     # setup ----------------------------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class Engine:
             model, self.cap_live, self.steer_live, monitor, capture, layers_path=self.loaded.info.layers_path, cap_log=cap_log
         ):
             out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **self.last_logits_only)
-            past, logits = out.past_key_values, out.logits[0, -1]
+            past, logits = cache_of(out), out.logits[0, -1]
             index = -1
             while True:
                 index += 1
@@ -346,11 +347,11 @@ class Engine:
                 mark = len(cap_log.steps)
                 out = model(
                     input_ids=torch.tensor([[token]], device=device),
-                    past_key_values=past,
+                    **{self.cache_kw: past},
                     use_cache=True,
                     **self.last_logits_only,
                 )
-                past, logits = out.past_key_values, out.logits[0, -1]
+                past, logits = cache_of(out), out.logits[0, -1]
                 tokens.append(token)
                 full = tokenizer.decode(tokens, skip_special_tokens=True)
                 piece = full[len(text) :] if not full.endswith("\ufffd") else ""
@@ -427,3 +428,17 @@ def last_logits_only(model: Any) -> dict[str, Any]:
         return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     except (TypeError, ValueError):
         return {}
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    import inspect
+
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
+def cache_of(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out.past_key_values
