@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/hooks.py --quick
 	$(PY) bench/build.py --quick
 	$(PY) bench/worker.py --quick
+	$(PY) bench/transcripts.py --quick
 	$(PY) bench/app.py
 
 clean:
