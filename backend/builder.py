@@ -33,7 +33,7 @@ from backend.chat import encode_prompt
 from backend.errors import PersonaSpaceError
 from backend.interventions import Capture, intervene
 from backend.models import LoadedModel
-from backend.store import write_space
+from backend.store import sha256_file, write_space
 
 BUILD_VERSION = 1
 
@@ -296,7 +296,7 @@ class WorkFolder:
         tmp = tensor_path.with_suffix(".tmp")
         save_file({"means": means.contiguous()}, str(tmp))
         os.replace(tmp, tensor_path)
-        payload = {"units": [asdict(u) for u in units], "answers": records, "sha256": _sha(tensor_path)}
+        payload = {"units": [asdict(u) for u in units], "answers": records, "sha256": sha256_file(tensor_path)}
         tmp_json = json_path.with_suffix(".jtmp")
         tmp_json.write_text(json.dumps(payload, ensure_ascii=False))
         os.replace(tmp_json, json_path)  # the chunk counts as done only once this exists
@@ -306,17 +306,9 @@ class WorkFolder:
 
         tensor_path, json_path = self.paths(index)
         payload = json.loads(json_path.read_text())
-        if _sha(tensor_path) != payload["sha256"]:
+        if sha256_file(tensor_path) != payload["sha256"]:
             raise PersonaSpaceError(f"chunk file {tensor_path} is corrupt; delete {json_path} and rerun to regenerate it")
         return [Unit(**u) for u in payload["units"]], load_file(str(tensor_path))["means"], payload["answers"]
-
-
-def _sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _progress(total: int, desc: str, initial: int = 0) -> Any:

@@ -126,8 +126,9 @@ def read_transcript(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Transc
     return parse_transcript(data)
 
 
-def max_context(loaded: LoadedModel) -> int:
-    config = loaded.model.config
+def max_context(model: Any) -> int:
+    """The model's context length from its config (4096 when it declares none)."""
+    config = model.config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, name, None)
@@ -144,7 +145,7 @@ def project_transcript(loaded: LoadedModel, space: Space, transcript: Transcript
     if not 0 <= layer < loaded.info.n_layers:
         raise TranscriptError(f"layer {layer} is out of range: the model has layers 0..{loaded.info.n_layers - 1}")
     encoded = encode_conversation(loaded.tokenizer, transcript.system, transcript.messages)
-    limit = max_context(loaded)
+    limit = max_context(loaded.model)
     if len(encoded.input_ids) > limit:
         raise TranscriptError(
             f"the conversation is {len(encoded.input_ids)} tokens; the model's context is {limit}. Split the transcript "

@@ -11,7 +11,7 @@ from backend.axis import project, steering_vector
 from backend.errors import InterventionError
 from backend.interventions import Cap, Capture, Live, Monitor, Steer, attach, intervene
 from backend.layers import block_output, find_decoder_layers
-from tests.tiny import VOCAB, random_ids, tiny_config, tiny_model
+from tests.tiny import random_ids, tiny_model
 
 
 def hook_count(model) -> int:  # type: ignore[no-untyped-def]
@@ -265,7 +265,3 @@ def test_handle_remove_is_idempotent_and_context_manager(llama) -> None:  # type
     handle.remove()
     handle.remove()
     assert hook_count(llama) == hooks
-
-
-def test_vocab_constant_is_used() -> None:
-    assert tiny_config("llama").vocab_size == VOCAB

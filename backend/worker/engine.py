@@ -25,6 +25,7 @@ from backend.interventions import Cap, CapLog, Capture, Live, Monitor, Steer, in
 from backend.models import LoadedModel
 from backend.placement import Placement
 from backend.store import Space
+from backend.transcripts import max_context
 from backend.worker.db import Database
 from backend.worker.schemas import Controls, ControlsPatch
 
@@ -69,22 +70,13 @@ class Engine:
         self.model_lock = threading.Lock()  # hooks are global to the model: one user of it at a time
         self.closed = False
         self.tokens_generated = 0
-        self.max_context = self._max_context()
+        self.max_context = max_context(loaded.model)
         self.stop_ids = self._stop_ids()
         self.last_logits_only = last_logits_only(loaded.model)
         self.cache_kw = cache_keyword(loaded.model)
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
 
     # setup ----------------------------------------------------------------------------------------------
-    def _max_context(self) -> int:
-        config = self.loaded.model.config
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 4096
-
     def _stop_ids(self) -> set[int]:
         ids: set[int] = set()
         for source in (self.loaded.model.generation_config, self.loaded.tokenizer):
