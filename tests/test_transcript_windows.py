@@ -243,3 +243,21 @@ def test_cli_projects_a_set_with_windows(tiny_world, tmp_path) -> None:  # type:
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )  # fmt: skip
     assert refused.returncode == 2 and "nothing was truncated" in refused.stderr and "Traceback" not in refused.stderr
+
+
+# the embedded model ------------------------------------------------------------------------------------------------
+
+
+def test_a_30k_token_conversation_projects_with_the_embedded_model(smollm) -> None:  # type: ignore[no-untyped-def]
+    space = load_space(ROOT / "cached_activations" / "smollm2-135m", fingerprint=smollm.info.fingerprint)
+    messages = conversation(275, seed=11, words=(30, 60))
+    transcript = parse_transcript(messages)
+    result = project_transcript(smollm, space, transcript)
+    assert result["tokens"] > 30_000 and result["window"] == 8192 and result["windowed"]
+    turns = result["turns"]
+    assert len(turns) == 275 and all(t["projection"] is not None for t in turns)
+    assert all(t["context_tokens"] <= 8192 for t in turns)
+    assert turns[0]["left_out_messages"] == 0 and turns[-1]["left_out_messages"] > 300
+    # with history 0.5 every turn after the first window still sees at least about half a window of context
+    assert min(t["context_tokens"] for t in turns if t["left_out_messages"]) >= 0.45 * 8192
+    assert result["tokens_read"] <= 2.2 * result["tokens"]
