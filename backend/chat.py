@@ -137,6 +137,8 @@ class EncodedConversation:
     input_ids: list[int]
     assistant_spans: list[tuple[int, int]]
     text: str
+    offsets: tuple[tuple[int, int], ...] = ()  # each token's characters in ``text``
+    rendered: tuple[Message, ...] = ()  # the messages as given to the template (system placed as it allows)
 
 
 def encode_conversation(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> EncodedConversation:
@@ -180,4 +182,74 @@ def encode_conversation(tokenizer: Any, system: str | None, turns: Sequence[Mess
     for lo, hi in char_spans:
         inside = [t for t, (a, b) in enumerate(offsets) if a >= lo and b <= hi and b > a]
         spans.append((inside[0], inside[-1] + 1) if inside else (0, 0))
-    return EncodedConversation(input_ids=ids, assistant_spans=spans, text=text)
+    return EncodedConversation(input_ids=ids, assistant_spans=spans, text=text, offsets=tuple(offsets), rendered=tuple(messages))
+
+
+@dataclass(frozen=True)
+class MessageLayout:
+    """Token positions of a conversation's messages (see :func:`message_layout`)."""
+
+    prefix: int  # tokens [0, prefix): the template's opening and the system prompt
+    starts: tuple[int, ...]  # first token of each user/assistant message's block, header included
+    roles: tuple[str, ...]
+    system_kept: bool  # False when the template has no system role and the system prompt lives in message 0
+
+
+def message_layout(tokenizer: Any, encoded: EncodedConversation) -> MessageLayout:
+    """Where each user/assistant message's block starts in ``encoded`` (from :func:`encode_conversation`).
+
+    A block starts where the rendering of the conversation up to that message ends (templates render a
+    conversation's prefix as a prefix of the whole). The first message's block starts after the template's opening
+    and system prompt: found by the length of a user message's header, probed on a small conversation.
+    """
+    messages = list(encoded.rendered)
+    text = encoded.text
+    offset = 1 if messages and messages[0]["role"] == "system" else 0
+    conversation = messages[offset:]
+    if not conversation:
+        raise ChatTemplateError("the conversation has no user or assistant message")
+    char_starts = [0] * len(conversation)
+    for i in range(1, len(conversation)):
+        rendered = _render(tokenizer, messages[: offset + i], add_generation_prompt=False)
+        if not text.startswith(rendered):
+            raise ChatTemplateError(
+                f"the chat template renders the first {offset + i} messages differently inside the whole conversation, "
+                "so messages cannot be cut into windows"
+            )
+        char_starts[i] = len(rendered)
+    char_starts[0] = _first_block_start(
+        tokenizer, text, conversation[0]["content"], char_starts[1] if len(conversation) > 1 else len(text)
+    )
+    starts = tuple(_token_at(encoded.offsets, c, len(encoded.input_ids)) for c in char_starts)
+    return MessageLayout(
+        prefix=starts[0],
+        starts=starts,
+        roles=tuple(m["role"] for m in conversation),
+        system_kept=offset == 1 or template_quirks(tokenizer).system_role,
+    )
+
+
+def _first_block_start(tokenizer: Any, text: str, content: str, end: int) -> int:
+    probe = [
+        {"role": "user", "content": _PROBE_USER},
+        {"role": "assistant", "content": _PROBE_SYSTEM},
+        {"role": "user", "content": _PROBE_USER + "-2"},
+    ]
+    two = _render(tokenizer, probe[:2], add_generation_prompt=False)
+    three = _render(tokenizer, probe, add_generation_prompt=False)
+    block = three[len(two) :] if three.startswith(two) else ""
+    header = block[: block.find(probe[2]["content"])] if probe[2]["content"] in block else ""
+    found = text.find(content.strip(), 0, end) if content.strip() else -1
+    if header and found >= len(header) and text[found - len(header) : found] == header:
+        return found - len(header)
+    raise ChatTemplateError("could not find where the first message starts in the rendered conversation")
+
+
+def _token_at(offsets: Sequence[tuple[int, int]], char: int, n_tokens: int) -> int:
+    """The first token starting at or after character ``char``; no token may straddle ``char``."""
+    for t, (a, b) in enumerate(offsets):
+        if a >= char and b > a:
+            if t > 0 and offsets[t - 1][1] > char:
+                raise ChatTemplateError(f"a token straddles the message boundary at character {char}")
+            return t
+    return n_tokens

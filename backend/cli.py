@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from backend.errors import PersonaSpaceError
 from backend.models import DEFAULT_MODEL
@@ -151,20 +152,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_project_transcript(args: argparse.Namespace) -> int:
     from backend.store import load_space
-    from backend.transcripts import project_transcript, read_transcript
+    from backend.transcripts import project_transcript, read_transcripts
 
-    transcript = read_transcript(args.file)
+    transcripts = read_transcripts(args.files)
     loaded = _load(args)
     space = load_space(args.space, fingerprint=loaded.info.fingerprint, model_name=loaded.info.name)
-    result = project_transcript(loaded, space, transcript, layer=args.layer)
+    results = []
+    for name, transcript in transcripts:
+        result = project_transcript(
+            loaded, space, transcript, layer=args.layer, window=args.window, history=args.history,
+            tokens=args.tokens, allow_window=not args.no_window,
+        )  # fmt: skip
+        results.append({"file": name, **result})
     if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['model']}, layer {result['layer']}, {result['tokens']} tokens")
+        single = len(args.files) == 1 and len(results) == 1 and not Path(args.files[0]).is_dir()
+        print(json.dumps(results[0] if single else {"transcripts": results}))
+        return 0
+    for result in results:
+        windowed = f", read in {result['passes']} windows of at most {result['window']}" if result["windowed"] else ""
+        print(f"{result['file']}: {result['model']}, layer {result['layer']}, {result['tokens']} tokens{windowed}")
         for turn in result["turns"]:
             near = ", ".join(n["name"] for n in turn.get("nearest", [])[:3])
             value = "no tokens" if turn["projection"] is None else f"{turn['projection']:9.3f}"
-            print(f"assistant turn {turn['index'] + 1:>3}: {value}   nearest: {near}")
+            seen = f"   context {turn['context_tokens']}" if "context_tokens" in turn else f"   {turn.get('error', '')}"
+            left = f" ({turn['left_out_messages']} earlier messages left out)" if turn.get("left_out_messages") else ""
+            print(f"assistant turn {turn['index'] + 1:>3}: {value}{seen}{left}   nearest: {near}")
     return 0
 
 
@@ -263,9 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("project-transcript", help="project each assistant turn of a transcript onto the axis")
     _add_model_args(p)
-    p.add_argument("file", help="JSON: an OpenAI-style message list or the paper's transcript format")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="JSON (an OpenAI-style message list or the paper's transcript format), JSONL (one conversation a line) or a folder of them",
+    )  # fmt: skip
     p.add_argument("--space", default="cached_activations/smollm2-135m")
     p.add_argument("--layer", type=int, default=None, help="layer to project at (default: the space's target layer)")
+    p.add_argument("--window", type=int, default=None, help="read in windows of at most N tokens (default: the model's context)")
+    p.add_argument(
+        "--history", type=float, default=0.5,
+        help="when a window moves, keep this share of it as earlier conversation (1 = most context per turn, slowest)",
+    )  # fmt: skip
+    p.add_argument("--no-window", action="store_true", help="refuse a conversation longer than the window instead")
+    p.add_argument("--tokens", action="store_true", help="add every assistant token's projection and text")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_project_transcript)
 

@@ -110,7 +110,7 @@ def test_too_long_for_the_context_is_refused_not_truncated(world) -> None:  # ty
     loaded, space, _ = world
     long = [{"role": "user", "content": "word " * 1500}, {"role": "assistant", "content": "ok " * 1500}]
     with pytest.raises(TranscriptError, match="the model's context is 2048.*nothing was truncated"):
-        project_transcript(loaded, space, parse_transcript(long))
+        project_transcript(loaded, space, parse_transcript(long), allow_window=False)
 
 
 def test_cli_project_transcript_json(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]

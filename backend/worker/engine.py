@@ -374,13 +374,15 @@ class Engine:
                 summary["placement_error"] = f"{type(exc).__name__}: {exc}"
         self.db.finish_turn(job.turn_id, status, summary, content=final)
 
-    def project(self, data: Any, layer: int | None) -> dict[str, Any]:
+    def project(
+        self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False
+    ) -> dict[str, Any]:
         """Project a transcript (any accepted format) with the loaded model; waits for a running turn."""
         from backend.transcripts import parse_transcript, project_transcript
 
         transcript = parse_transcript(data)
         with self.model_lock:
-            return project_transcript(self.loaded, self.space, transcript, layer)
+            return project_transcript(self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens)
 
     def import_session(self, data: Any) -> str:
         """Recreate an exported session (turns, their token events, undos) under a new id, in one transaction."""

@@ -255,9 +255,12 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
     def project(
         body: Annotated[Any, Body(description="a conversation: an OpenAI-style message list or the paper's transcript JSON")],
         layer: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+        window: Annotated[int | None, Query(ge=16, le=1_000_000, description="read in windows of at most N tokens")] = None,
+        history: Annotated[float, Query(ge=0, le=1, description="share of a window kept as history when it moves")] = 0.5,
+        tokens: Annotated[bool, Query(description="add each assistant token's projection and text")] = False,
     ) -> dict[str, Any]:
         engine = state.need_engine()
-        return engine.project(body, layer)
+        return engine.project(body, layer, window=window, history=history, tokens=tokens)
 
     @app.get("/sessions/{sid}/events", response_model=None)
     async def events(
