@@ -32,6 +32,7 @@ from backend.placement import Placement
 from backend.store import Space
 
 MAX_FILE_BYTES = 20 * 2**20
+MAX_MESSAGES = 10_000
 
 
 class TranscriptError(PersonaSpaceError, ValueError):
@@ -83,6 +84,8 @@ def parse_transcript(data: Any) -> Transcript:
         raise TranscriptError(f"the conversation must be a list of messages, got {type(data).__name__}")
     if not data:
         raise TranscriptError("the conversation is empty")
+    if len(data) > MAX_MESSAGES:
+        raise TranscriptError(f"the conversation has {len(data)} messages; at most {MAX_MESSAGES} are read")
     messages: list[dict[str, str]] = []
     system = None
     for i, raw in enumerate(data):
@@ -123,6 +126,8 @@ def read_transcript(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Transc
         raise TranscriptError(f"{file} is not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise TranscriptError(f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise TranscriptError(f"{file} is nested too deeply to be a transcript") from exc
     return parse_transcript(data)
 
 
