@@ -266,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the model worker (HTTP API with streamed tokens and live controls)")
     _add_model_args(p)
     p.add_argument("--space", default="cached_activations/smollm2-135m", help="the persona space built for --model")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default loopback; any other, an empty host or 0.0.0.0 included, needs a token)",
+    )
     p.add_argument("--port", type=_port, default=8765, help="TCP port, 1..65535 (default 8765)")
     p.add_argument("--db", default=None, help="SQLite file for sessions (default: worker.sqlite3 in the cache folder)")
     p.add_argument(
