@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
 
 from backend.worker.schemas import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, MAX_TITLE_CHARS, Controls
 
@@ -69,7 +69,26 @@ class _Export(_Lenient):
     format: Literal["persona-space-session"]
     session: _Session
     turns: list[_Turn] = Field(max_length=MAX_TURNS)
-    events: list[_Event] = Field(max_length=MAX_EVENTS)
+    events: list[Any] = Field(max_length=MAX_EVENTS)  # checked in batches (see _events)
+
+
+_EVENTS = TypeAdapter(list[_Event])
+BATCH = 500
+
+
+def _events(raw: list[Any]) -> list[_Event]:
+    """Validate events a batch at a time: pydantic holds the GIL while it validates, and a 19 MB import validated at
+    once would stall every other request for a second or more."""
+    out: list[_Event] = []
+    for start in range(0, len(raw), BATCH):
+        try:
+            out.extend(_EVENTS.validate_python(raw[start : start + BATCH]))
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False)[0]
+            loc = list(err.get("loc", ()))
+            where = ".".join(str(x) for x in ["events", start + int(loc[0]), *loc[1:]]) if loc else "events"
+            raise ExportError(f"the session export is malformed: {where}: {err.get('msg', 'invalid')}") from exc
+    return out
 
 
 @dataclass
@@ -142,7 +161,7 @@ def prepare(data: Any, controls: Controls) -> Prepared:
             )
         )  # fmt: skip
     tokens: dict[int, list[str]] = {}
-    for i, e in enumerate(export.events):
+    for i, e in enumerate(_events(export.events)):
         if e.type != "token":
             continue  # the other events are made again from the turns
         if e.turn is None or e.turn not in seen:
