@@ -140,11 +140,12 @@ def cmd_import_paper_vectors(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from backend.worker.server import serve
+    from backend.worker.server import read_token, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    token = read_token(args.token, args.token_file)
     serve(
-        args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=args.token,
+        args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=token,
         device=args.device, cache=args.cache, trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
     return 0
@@ -211,6 +212,16 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: use 1..65535")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,10 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the model worker (HTTP API with streamed tokens and live controls)")
     _add_model_args(p)
     p.add_argument("--space", default="cached_activations/smollm2-135m", help="the persona space built for --model")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default loopback; any other, an empty host or 0.0.0.0 included, needs a token)",
+    )
+    p.add_argument("--port", type=_port, default=8765, help="TCP port, 1..65535 (default 8765)")
     p.add_argument("--db", default=None, help="SQLite file for sessions (default: worker.sqlite3 in the cache folder)")
-    p.add_argument("--token", default=None, help="bearer token required on every request (or PERSONA_SPACE_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="file whose first line is the bearer token required on every request (or set PERSONA_SPACE_TOKEN); "
+        "needed to bind beyond loopback",
+    )
+    p.add_argument("--token", default=None, help="the bearer token itself (visible to other users in `ps`: prefer --token-file)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("project-transcript", help="project each assistant turn of a transcript onto the axis")
@@ -316,6 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except PersonaSpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("error: the input is nested too deeply to read", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written: the message names it
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.manifest_check import check_manifest, check_shapes
+
 MANIFEST = "manifest.json"
 TENSOR_FILE = "space.safetensors"
 
@@ -53,8 +55,11 @@ def read_space(path: str | Path) -> SpaceView:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SpaceViewError(f"{root} is not a persona space (no {MANIFEST})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SpaceViewError(f"{root / MANIFEST} is corrupt or truncated: {exc}") from exc
+    problem = check_manifest(manifest)
+    if problem is not None:
+        raise SpaceViewError(f"{root / MANIFEST} is not a valid space manifest: {problem}")
     file = root / TENSOR_FILE
     digest = hashlib.sha256()
     try:
@@ -69,6 +74,9 @@ def read_space(path: str | Path) -> SpaceView:
         arrays = load_file(str(file))
     except Exception as exc:
         raise SpaceViewError(f"{file} cannot be read: {exc}") from exc
+    problem = check_shapes(manifest, {name: tuple(x.shape) for name, x in arrays.items()})
+    if problem is not None:
+        raise SpaceViewError(f"{file} does not fit its manifest: {problem}")
     return SpaceView(path=root, manifest=manifest, arrays=arrays)
 
 

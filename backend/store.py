@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from backend.errors import SpaceError, SpaceMismatchError
+from backend.manifest_check import check_manifest, check_shapes
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "space.safetensors"
@@ -136,7 +137,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise SpaceError(f"{path} is not a persona space: it has no {MANIFEST}")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SpaceError(f"{file} is corrupt or truncated ({exc}); rebuild the space or restore it from git") from exc
     if not isinstance(manifest, dict):
         raise SpaceError(f"{file} is not a JSON object")
@@ -144,7 +145,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if missing:
         raise SpaceError(f"{file} lacks {missing}; it was not written by this version of Persona Space")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise SpaceError(f"{file} has format version {manifest['format_version']}, this program reads {FORMAT_VERSION}")
+        raise SpaceError(f"{file} has format version {manifest['format_version']!r}, this program reads {FORMAT_VERSION}")
+    problem = check_manifest(manifest)
+    if problem is not None:
+        raise SpaceError(f"{file} is not a valid space manifest: {problem}; rebuild the space or undo the edit")
     return manifest
 
 
@@ -171,12 +175,9 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     missing = [k for k in REQUIRED_TENSORS if k not in tensors]
     if missing:
         raise SpaceError(f"{tensor_file} lacks tensors {missing}")
-    n_layers, hidden = int(manifest["n_layers"]), int(manifest["hidden"])
-    kept = [r for r in manifest["roles"] if r.get("kept")]
-    shapes = {"axis": (n_layers, hidden), "default_vector": (n_layers, hidden), "role_vectors": (len(kept), n_layers, hidden)}
-    for name, shape in shapes.items():
-        if tuple(tensors[name].shape) != shape:
-            raise SpaceError(f"{tensor_file}: {name} has shape {tuple(tensors[name].shape)}, the manifest implies {shape}")
+    problem = check_shapes(manifest, {name: tuple(t.shape) for name, t in tensors.items()})
+    if problem is not None:
+        raise SpaceError(f"{tensor_file} does not fit its manifest: {problem}")
     space = Space(path=root, manifest=manifest, tensors=tensors)
     if fingerprint is not None:
         space.check_model(fingerprint, model_name)

@@ -36,6 +36,7 @@ from backend.store import Space
 from backend.windows import Layout, WindowError, plan_windows
 
 MAX_FILE_BYTES = 20 * 2**20
+MAX_MESSAGES = 10_000
 
 
 class TranscriptError(PersonaSpaceError, ValueError):
@@ -87,6 +88,8 @@ def parse_transcript(data: Any) -> Transcript:
         raise TranscriptError(f"the conversation must be a list of messages, got {type(data).__name__}")
     if not data:
         raise TranscriptError("the conversation is empty")
+    if len(data) > MAX_MESSAGES:
+        raise TranscriptError(f"the conversation has {len(data)} messages; at most {MAX_MESSAGES} are read")
     messages: list[dict[str, str]] = []
     system = None
     for i, raw in enumerate(data):
@@ -134,6 +137,8 @@ def _decode(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TranscriptError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise TranscriptError(f"{where} is nested too deeply to be a transcript") from exc
 
 
 def read_transcript(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Transcript:

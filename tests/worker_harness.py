@@ -25,7 +25,15 @@ def free_port() -> int:
 
 
 class Worker:
-    def __init__(self, model: str, space: Path, db: Path, token: str | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        space: Path,
+        db: Path,
+        token: str | None = None,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = db.with_suffix(f".{self.port}.log")
@@ -43,10 +51,14 @@ class Worker:
             "--db",
             str(db),
         ]
+        environ = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        environ.pop("PERSONA_SPACE_TOKEN", None)
+        environ.update(env or {})
         if token:
-            cmd += ["--token", token]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(cmd + (extra or []), cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+            environ["PERSONA_SPACE_TOKEN"] = token  # never on the command line, where `ps` shows it
+        self.proc = subprocess.Popen(
+            cmd + (extra or []), cwd=ROOT, env=environ, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
+        )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.url, timeout=60, headers=headers)
 

@@ -3,18 +3,25 @@
 Every token event is committed when it is produced, so a worker killed with ``kill -9`` loses at most the token in
 flight. On start, turns still marked ``queued`` or ``running`` are marked ``incomplete``.
 
-One connection, guarded by a lock, is shared by the generation thread and the HTTP handlers.
+Writes go through one connection guarded by a lock, shared by the generation thread and the HTTP handlers; reads
+use a second connection (WAL lets them run while a write transaction is open), so a reader never waits for a writer
+and sees only committed rows. Listeners hear of new events after their commit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from backend.errors import PersonaSpaceError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -54,27 +61,123 @@ CREATE INDEX IF NOT EXISTS events_session ON events(session_id, seq);
 ACTIVE = ("queued", "running")
 
 
+class DatabaseError(PersonaSpaceError):
+    """The sessions database cannot be opened or written; the message names the file and what to do."""
+
+
+def dumps(data: Any) -> str:
+    """JSON for the database: never NaN or Infinity (non-finite numbers are stored as null)."""
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def loads(text: str) -> Any:
+    """JSON from the database; a NaN or Infinity written by an older version reads as null."""
+    return json.loads(text, parse_constant=lambda _: None)
+
+
 class Database:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
-        self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
+        self.write_error: str | None = None  # set while writes fail (read-only file, full disk), cleared by one that works
+        self.listeners: list[Callable[[str, int], None]] = []  # called with (session, seq) after an event is written
+        self.last_seq: dict[str, int] = {}
+        self._written: list[tuple[str, int]] = []  # events of the open transaction, announced after its commit
+        try:
+            if self.path != ":memory:":
+                file = Path(self.path)
+                if file.is_dir():
+                    raise DatabaseError(f"--db {self.path} is a folder; give a file path, e.g. {file / 'worker.sqlite3'}")
+                file.parent.mkdir(parents=True, exist_ok=True)
+            # a writer waits up to 30 s for another connection's transaction (an import) before it fails
+            self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self.conn.row_factory = sqlite3.Row
+            with self.lock:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                self.conn.executescript(SCHEMA)
+            self.read_lock = threading.Lock()
+            self.reader = (
+                self.conn
+                if self.path == ":memory:"
+                else sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            )
+            self.reader.row_factory = sqlite3.Row
+        except (sqlite3.Error, OSError) as exc:
+            raise DatabaseError(
+                f"cannot open the sessions database {self.path}: {exc} (is it a SQLite file in a folder you can write?)"
+            ) from exc
+        problem = self.probe()
+        if problem is not None:
+            raise DatabaseError(
+                f"the sessions database {self.path} is not writable: {problem}; fix its permissions or pass another --db"
+            )
+
+    def probe(self) -> str | None:
+        """Try a real write (rolled back); None when the database is writable, else the reason. Updates write_error."""
         with self.lock:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.executescript(SCHEMA)
+            try:
+                with self._tx():
+                    self.conn.execute("CREATE TABLE IF NOT EXISTS probe (x INTEGER)")
+                    self.conn.execute("INSERT INTO probe (x) VALUES (1)")
+                    self.conn.execute("DELETE FROM probe")
+            except sqlite3.Error as exc:
+                return self.write_error or str(exc)
+        return None
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction under the lock. A failed write is remembered in ``write_error`` (for /health);
+        the rollback never hides the first error (SQLite may already have rolled back on an I/O error)."""
+        with self.lock:
+            try:
+                self._written.clear()
+                self.conn.execute("BEGIN IMMEDIATE")
+                yield
+                self.conn.execute("COMMIT")
+            except BaseException as exc:
+                self._written.clear()
+                if self.conn.in_transaction:
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.OperationalError):
+                    self.write_error = f"the database cannot be written: {exc}"
+                raise
+            self.write_error = None
+            written, self._written = self._written, []
+            for sid, seq in written:
+                self._notify(sid, seq)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self.lock if self.reader is self.conn else self.read_lock:
+            yield self.reader
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, self.read_lock:
+            if self.reader is not self.conn:
+                self.reader.close()
             self.conn.close()
 
     def recover(self) -> list[int]:
         """Mark turns left queued/running by a dead worker as incomplete; returns their ids."""
-        with self.lock:
+        with self._tx():
             rows = self.conn.execute("SELECT id, session_id FROM turns WHERE status IN ('queued', 'running')").fetchall()
             for row in rows:
                 self.conn.execute("UPDATE turns SET status='incomplete', finished=? WHERE id=?", (time.time(), row["id"]))
@@ -89,58 +192,53 @@ class Database:
     # sessions -----------------------------------------------------------------------------------------------
     def create_session(self, system: str | None, controls: dict[str, Any], title: str | None = None) -> str:
         sid = uuid.uuid4().hex[:16]
-        with self.lock:
+        with self._tx():
             self.conn.execute(
                 "INSERT INTO sessions (id, created, title, system, controls, controls_version) VALUES (?, ?, ?, ?, ?, 0)",
-                (sid, time.time(), title, system, json.dumps(controls)),
+                (sid, time.time(), title, system, dumps(controls)),
             )
             self._event(sid, None, "session_created", {"system": system, "controls": controls, "controls_version": 0})
         return sid
 
     def session(self, sid: str) -> dict[str, Any] | None:
-        with self.lock:
-            row = self.conn.execute("SELECT * FROM sessions WHERE id=?", (sid,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT * FROM sessions WHERE id=?", (sid,)).fetchone()
         if row is None:
             return None
         return {
             "id": row["id"], "created": row["created"], "title": row["title"], "system": row["system"],
-            "controls": json.loads(row["controls"]), "controls_version": row["controls_version"],
+            "controls": loads(row["controls"]), "controls_version": row["controls_version"],
         }  # fmt: skip
 
     def sessions(self) -> list[dict[str, Any]]:
-        with self.lock:
-            rows = self.conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 "SELECT s.id, s.created, s.title, (SELECT COUNT(*) FROM turns t WHERE t.session_id=s.id AND t.undone=0) AS n "
                 "FROM sessions s ORDER BY s.created DESC"
             ).fetchall()
         return [{"id": r["id"], "created": r["created"], "title": r["title"], "turns": r["n"]} for r in rows]
 
     def delete_session(self, sid: str) -> bool:
-        with self.lock:
+        with self._tx():
             cur = self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,))
-            return cur.rowcount > 0
+        self._notify(sid, self.last_seq.get(sid, 0))  # followers of a deleted session find out
+        return cur.rowcount > 0
 
     def set_controls(self, sid: str, controls: dict[str, Any], turn_id: int | None, at_token: int | None) -> int:
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.execute(
-                    "UPDATE sessions SET controls=?, controls_version=controls_version+1 WHERE id=?", (json.dumps(controls), sid)
-                )
-                row = self.conn.execute("SELECT controls_version FROM sessions WHERE id=?", (sid,)).fetchone()
-                if row is None:
-                    raise KeyError(sid)
-                version = int(row[0])
-                self._event(
-                    sid,
-                    turn_id,
-                    "controls",
-                    {"controls": controls, "controls_version": version, "turn": turn_id, "from_token": at_token},
-                )
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+        with self._tx():
+            self.conn.execute(
+                "UPDATE sessions SET controls=?, controls_version=controls_version+1 WHERE id=?", (dumps(controls), sid)
+            )
+            row = self.conn.execute("SELECT controls_version FROM sessions WHERE id=?", (sid,)).fetchone()
+            if row is None:
+                raise KeyError(sid)
+            version = int(row[0])
+            self._event(
+                sid,
+                turn_id,
+                "controls",
+                {"controls": controls, "controls_version": version, "turn": turn_id, "from_token": at_token},
+            )
         return version
 
     # turns --------------------------------------------------------------------------------------------------
@@ -154,7 +252,7 @@ class Database:
         reply_to: int | None = None,
         seed: int | None = None,
     ) -> int:
-        with self.lock:
+        with self._tx():
             cur = self.conn.execute(
                 "INSERT INTO turns (session_id, role, variant, reply_to, content, status, seed, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (sid, role, variant, reply_to, content, status, seed, time.time()),
@@ -169,28 +267,18 @@ class Database:
         return tid
 
     def turn(self, tid: int) -> dict[str, Any] | None:
-        with self.lock:
-            row = self.conn.execute("SELECT * FROM turns WHERE id=?", (tid,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT * FROM turns WHERE id=?", (tid,)).fetchone()
         return None if row is None else _turn(row)
 
     def turns(self, sid: str, include_undone: bool = False) -> list[dict[str, Any]]:
         query = "SELECT * FROM turns WHERE session_id=?" + ("" if include_undone else " AND undone=0") + " ORDER BY id"
-        with self.lock:
-            return [_turn(r) for r in self.conn.execute(query, (sid,)).fetchall()]
-
-    def set_status(self, tid: int, status: str, event: str | None = None, data: dict[str, Any] | None = None) -> None:
-        with self.lock:
-            row = self.conn.execute("SELECT session_id FROM turns WHERE id=?", (tid,)).fetchone()
-            if row is None:
-                return
-            finished = time.time() if status not in ACTIVE else None
-            self.conn.execute("UPDATE turns SET status=?, finished=? WHERE id=?", (status, finished, tid))
-            if event:
-                self._event(row["session_id"], tid, event, dict(data or {}, turn=tid, status=status))
+        with self._reading() as conn:
+            return [_turn(r) for r in conn.execute(query, (sid,)).fetchall()]
 
     def start_turn(self, tid: int, data: dict[str, Any]) -> bool:
         """queued -> running (with a ``turn_start`` event); False when the turn is no longer queued."""
-        with self.lock:
+        with self._tx():
             cur = self.conn.execute("UPDATE turns SET status='running' WHERE id=? AND status='queued'", (tid,))
             if cur.rowcount == 0:
                 return False
@@ -200,103 +288,103 @@ class Database:
 
     def append_token(self, sid: str, tid: int, text: str, data: dict[str, Any]) -> int:
         """Add a token's text to its turn and record its event, in one transaction."""
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.execute("UPDATE turns SET content = content || ? WHERE id=?", (text, tid))
-                seq = self._event(sid, tid, "token", data)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-        return seq
+        with self._tx():
+            self.conn.execute("UPDATE turns SET content = content || ? WHERE id=?", (text, tid))
+            return self._event(sid, tid, "token", data)
 
     def finish_turn(
         self, tid: int, status: str, summary: dict[str, Any] | None, content: str | None = None, only_if: str | None = None
     ) -> bool:
         """End a turn with ``status`` and a ``turn_end`` event; with ``only_if``, only when its status is that."""
-        with self.lock:
+        with self._tx():
             row = self.conn.execute("SELECT session_id, status FROM turns WHERE id=?", (tid,)).fetchone()
             if row is None or (only_if is not None and row["status"] != only_if):
                 return False
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                if content is not None:
-                    self.conn.execute("UPDATE turns SET content=? WHERE id=?", (content, tid))
-                self.conn.execute(
-                    "UPDATE turns SET status=?, finished=?, summary=? WHERE id=?",
-                    (status, time.time(), json.dumps(summary) if summary is not None else None, tid),
-                )
-                self._event(row["session_id"], tid, "turn_end", dict(summary or {}, turn=tid, status=status))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+            if content is not None:
+                self.conn.execute("UPDATE turns SET content=? WHERE id=?", (content, tid))
+            self.conn.execute(
+                "UPDATE turns SET status=?, finished=?, summary=? WHERE id=?",
+                (status, time.time(), dumps(summary) if summary is not None else None, tid),
+            )
+            self._event(row["session_id"], tid, "turn_end", dict(summary or {}, turn=tid, status=status))
         return True
 
-    def import_session(
-        self, system: Any, controls: dict[str, Any], title: Any, turns: list[dict[str, Any]], events: list[dict[str, Any]]
-    ) -> str:
-        """Write an exported session under a new id, all or nothing. Raises ValueError on malformed input."""
-        if system is not None and not isinstance(system, str):
-            raise ValueError("session.system must be text or null")
-        checked = []
-        for t in sorted(turns, key=lambda t: int(t["id"])):
-            if t["role"] not in ("user", "assistant") or not isinstance(t["content"], str):
-                raise ValueError(f"turn {t.get('id')}: role must be user/assistant and content text")
-            status = str(t.get("status", "done"))
-            checked.append((int(t["id"]), t, "incomplete" if status in ACTIVE else status))
-        tokens: dict[int, list[dict[str, Any]]] = {}
-        for e in events:
-            if e.get("type") == "token" and isinstance(e.get("data"), dict):
-                tokens.setdefault(int(e["turn"]), []).append(e["data"])
+    def fail_turn(self, tid: int, reason: str) -> bool:
+        """Mark a turn that is still queued or running as failed: a ``turn_error`` then a ``turn_end`` event."""
+        with self._tx():
+            row = self.conn.execute("SELECT session_id, status FROM turns WHERE id=?", (tid,)).fetchone()
+            if row is None or row["status"] not in ACTIVE:
+                return False
+            summary = {"error": reason, "reason": "error"}
+            self.conn.execute(
+                "UPDATE turns SET status='error', finished=?, summary=? WHERE id=?", (time.time(), dumps(summary), tid)
+            )
+            self._event(row["session_id"], tid, "turn_error", {"turn": tid, "error": reason})
+            self._event(row["session_id"], tid, "turn_end", dict(summary, turn=tid, status="error"))
+        return True
+
+    def import_session(self, prepared: Any) -> str:
+        """Write a validated export (``backend.worker.imports.Prepared``) under a new id, all or nothing.
+
+        Every JSON text is made before, and the inserts run on a connection of their own: readers (and the stream
+        of events) go on meanwhile; other writers wait for the commit."""
         sid = uuid.uuid4().hex[:16]
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                now = time.time()
-                self.conn.execute(
-                    "INSERT INTO sessions (id, created, title, system, controls, controls_version) VALUES (?, ?, ?, ?, ?, 0)",
-                    (sid, now, str(title) if title else None, system, json.dumps(controls)),
-                )
-                self._event(
-                    sid,
-                    None,
-                    "session_created",
-                    {"system": system, "controls": controls, "controls_version": 0, "imported": True},
-                )
-                ids: dict[int, int] = {}
-                undone: list[int] = []
-                for old, t, status in checked:
-                    reply_to = ids.get(int(t["reply_to"])) if t.get("reply_to") is not None else None
-                    cur = self.conn.execute(
-                        "INSERT INTO turns (session_id, role, variant, reply_to, content, status, seed, created, finished, summary) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (sid, t["role"], str(t.get("variant", "single")), reply_to, t["content"], status, t.get("seed"), now, now,
-                         json.dumps(t["summary"]) if t.get("summary") else None),
-                    )  # fmt: skip
-                    new = int(cur.lastrowid or 0)
-                    ids[old] = new
-                    self._event(sid, new, "turn_created", {"turn": new, "role": t["role"], "variant": t.get("variant", "single"),
-                                                            "reply_to": reply_to, "content": t["content"] if t["role"] == "user" else "", "status": status})  # fmt: skip
-                    for data in tokens.get(old, []):
-                        self._event(sid, new, "token", dict(data, turn=new))
-                    if t["role"] == "assistant":
-                        self._event(sid, new, "turn_end", dict(t.get("summary") or {}, turn=new, status=status))
-                    if t.get("undone"):
-                        undone.append(new)
-                if undone:
-                    self.conn.executemany("UPDATE turns SET undone=1 WHERE id=?", [(i,) for i in undone])
-                    self._event(sid, None, "undo", {"turns": undone})
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+        now = time.time()
+        conn = self.conn if self.path == ":memory:" else sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            with self.lock if conn is self.conn else _nothing():
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    seq = self._import_rows(conn, sid, now, prepared)
+                    conn.execute("COMMIT")
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.OperationalError):
+                        self.write_error = f"the database cannot be written: {exc}"
+                    raise
+        finally:
+            if conn is not self.conn:
+                conn.close()
+        self._notify(sid, seq)
         return sid
+
+    @staticmethod
+    def _import_rows(conn: sqlite3.Connection, sid: str, now: float, prepared: Any) -> int:
+        conn.execute(
+            "INSERT INTO sessions (id, created, title, system, controls, controls_version) VALUES (?, ?, ?, ?, ?, 0)",
+            (sid, now, prepared.title, prepared.system, prepared.controls_json),
+        )
+        created = {"system": prepared.system, "controls": prepared.controls, "controls_version": 0, "imported": True}
+        rows: list[tuple[str, int | None, str, str, float]] = [(sid, None, "session_created", dumps(created), now)]
+        ids: dict[int, int] = {}
+        undone: list[int] = []
+        for t in prepared.turns:
+            reply_to = ids.get(t.reply_to) if t.reply_to is not None else None
+            cur = conn.execute(
+                "INSERT INTO turns (session_id, role, variant, reply_to, content, status, seed, created, finished, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sid, t.role, t.variant, reply_to, t.content, t.status, t.seed, now, now, t.summary_json),
+            )
+            new = int(cur.lastrowid or 0)
+            ids[t.id] = new
+            made = {"turn": new, "role": t.role, "variant": t.variant, "reply_to": reply_to,
+                    "content": t.content if t.role == "user" else "", "status": t.status}  # fmt: skip
+            rows.append((sid, new, "turn_created", dumps(made), now))
+            rows.extend((sid, new, "token", _with_turn(text, new), now) for text in prepared.tokens.get(t.id, ()))
+            if t.role == "assistant":
+                rows.append((sid, new, "turn_end", _with_turn(t.end_json, new, status=t.status), now))
+            if t.undone:
+                undone.append(new)
+        if undone:
+            conn.executemany("UPDATE turns SET undone=1 WHERE id=?", [(i,) for i in undone])
+            rows.append((sid, None, "undo", dumps({"turns": undone}), now))
+        conn.executemany("INSERT INTO events (session_id, turn_id, type, data, created) VALUES (?, ?, ?, ?, ?)", rows)
+        return int(conn.execute("SELECT MAX(seq) FROM events WHERE session_id=?", (sid,)).fetchone()[0] or 0)
 
     def undo(self, sid: str) -> list[int]:
         """Mark the last user turn and every reply to it as undone; returns their ids."""
-        with self.lock:
+        with self._tx():
             last = self.conn.execute(
                 "SELECT id FROM turns WHERE session_id=? AND role='user' AND undone=0 ORDER BY id DESC LIMIT 1", (sid,)
             ).fetchone()
@@ -313,30 +401,48 @@ class Database:
         query = (
             "SELECT * FROM turns WHERE status IN ('queued', 'running')" + (" AND session_id=?" if sid else "") + " ORDER BY id"
         )
-        with self.lock:
-            return [_turn(r) for r in self.conn.execute(query, (sid,) if sid else ()).fetchall()]
+        with self._reading() as conn:
+            return [_turn(r) for r in conn.execute(query, (sid,) if sid else ()).fetchall()]
 
     # events -------------------------------------------------------------------------------------------------
     def _event(self, sid: str, tid: int | None, kind: str, data: dict[str, Any]) -> int:
         cur = self.conn.execute(
             "INSERT INTO events (session_id, turn_id, type, data, created) VALUES (?, ?, ?, ?, ?)",
-            (sid, tid, kind, json.dumps(data), time.time()),
+            (sid, tid, kind, dumps(data), time.time()),
         )
-        return int(cur.lastrowid or 0)
+        seq = int(cur.lastrowid or 0)
+        self._written.append((sid, seq))
+        return seq
+
+    def _notify(self, sid: str, seq: int) -> None:
+        self.last_seq[sid] = max(seq, self.last_seq.get(sid, 0))
+        for listener in self.listeners:
+            listener(sid, seq)
 
     def event(self, sid: str, tid: int | None, kind: str, data: dict[str, Any]) -> int:
-        with self.lock:
+        with self._tx():
             return self._event(sid, tid, kind, data)
 
     def events(self, sid: str, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
-        with self.lock:
-            rows = self.conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 "SELECT * FROM events WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?", (sid, after, limit)
             ).fetchall()
         return [
-            {"seq": r["seq"], "turn": r["turn_id"], "type": r["type"], "data": json.loads(r["data"]), "time": r["created"]}
+            {"seq": r["seq"], "turn": r["turn_id"], "type": r["type"], "data": loads(r["data"]), "time": r["created"]}
             for r in rows
         ]
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _with_turn(text: str, turn: int, status: str | None = None) -> str:
+    """A JSON object's text (made without ``turn``/``status``) with those keys added, without parsing it again."""
+    extra = f'"turn": {turn}' + (f", {json.dumps('status')}: {json.dumps(status)}" if status is not None else "")
+    return text[:-1] + (", " if text != "{}" else "") + extra + "}"
 
 
 def _turn(row: sqlite3.Row) -> dict[str, Any]:
@@ -344,5 +450,5 @@ def _turn(row: sqlite3.Row) -> dict[str, Any]:
         "id": row["id"], "session_id": row["session_id"], "role": row["role"], "variant": row["variant"],
         "reply_to": row["reply_to"], "content": row["content"], "status": row["status"], "seed": row["seed"],
         "created": row["created"], "finished": row["finished"],
-        "summary": json.loads(row["summary"]) if row["summary"] else None, "undone": bool(row["undone"]),
+        "summary": loads(row["summary"]) if row["summary"] else None, "undone": bool(row["undone"]),
     }  # fmt: skip

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from backend.axis import steering_vector
 from backend.chat import Message, encode_prompt
@@ -27,6 +28,7 @@ from backend.placement import Placement
 from backend.store import Space
 from backend.transcripts import max_context
 from backend.worker.db import Database
+from backend.worker.imports import ExportError, describe, prepare
 from backend.worker.schemas import Controls, ControlsPatch
 
 log = logging.getLogger("persona_space.worker")
@@ -70,6 +72,7 @@ class Engine:
         self.model_lock = threading.Lock()  # hooks are global to the model: one user of it at a time
         self.closed = False
         self.tokens_generated = 0
+        self.unrecorded: dict[int, str] = {}  # failed turns whose failure the database did not take yet
         self.max_context = max_context(loaded.model)
         self.stop_ids = self._stop_ids()
         self.last_logits_only = last_logits_only(loaded.model)
@@ -126,8 +129,8 @@ class Engine:
             data["cap_threshold"] = None
         try:
             controls = self.validate_controls(Controls(**data))
-        except ValueError as exc:
-            raise ControlError(str(exc)) from exc
+        except ValidationError as exc:
+            raise ControlError(describe(exc)) from exc
         running = self.running if self.running is not None and self.running.session_id == sid else None
         version = self.db.set_controls(sid, controls.model_dump(mode="json"), running.turn_id if running else None, None)
         self.pending[sid] = (controls, version)
@@ -211,24 +214,54 @@ class Engine:
             log.exception("UMAP warm-up failed")
         self.ready.set()
         while True:
+            try:
+                job = self._next_job()
+                if job is None:
+                    return
+                self._serve(job)
+            except Exception:  # nothing may end this thread: log, pause a moment, go on
+                log.exception("the generation loop hit an error")
+                time.sleep(0.5)
+
+    def _next_job(self) -> Job | None:
+        while True:
+            self._record_failures()
             with self.cond:
                 while not self.jobs and not self.closed:
+                    # while failures wait to be recorded (the database was not writable), retry them every second
+                    if self.unrecorded:
+                        self.cond.wait(1.0)
+                        break
                     self.cond.wait()
                 if self.closed:
-                    return
-                job = self.jobs.popleft()
-                self.running = job
+                    return None
+                if self.jobs:
+                    self.running = self.jobs.popleft()
+                    return self.running
+
+    def _serve(self, job: Job) -> None:
+        try:
+            with self.model_lock:
+                self._run(job)
+        except Exception as exc:  # a failed turn must not take the worker down
+            log.exception("turn %s failed", job.turn_id)
+            self.unrecorded[job.turn_id] = f"{type(exc).__name__}: {exc}"
+            self._record_failures()
+        finally:
+            with self.cond:
+                self.running = None
+                self.cap_live.set(None)
+                self.steer_live.set(None)
+
+    def _record_failures(self) -> None:
+        """Mark failed turns as such (``turn_error`` + ``turn_end``) once the database takes the write."""
+        for turn_id, reason in list(self.unrecorded.items()):
             try:
-                with self.model_lock:
-                    self._run(job)
-            except Exception as exc:  # a failed turn must not take the worker down
-                log.exception("turn %s failed", job.turn_id)
-                self.db.finish_turn(job.turn_id, "error", {"error": f"{type(exc).__name__}: {exc}"})
-            finally:
-                with self.cond:
-                    self.running = None
-                    self.cap_live.set(None)
-                    self.steer_live.set(None)
+                self.db.fail_turn(turn_id, reason)
+            except Exception as exc:
+                log.warning("turn %s failed and cannot be recorded yet: %s", turn_id, exc)
+                return
+            self.unrecorded.pop(turn_id, None)
 
     def history(self, job: Job) -> list[Message]:
         turns = [t for t in self.db.turns(job.session_id) if t["id"] < job.turn_id]
@@ -388,14 +421,18 @@ class Engine:
         """Recreate an exported session (turns, their token events, undos) under a new id, in one transaction."""
         if not isinstance(data, dict) or data.get("format") != "persona-space-session":
             raise ControlError("not a Persona Space session export (expected format 'persona-space-session')")
+        session = data.get("session")
         try:
-            session, turns, events = data["session"], data["turns"], data["events"]
-            controls = self.validate_controls(Controls(**session["controls"]))
-            return self.db.import_session(
-                session.get("system"), controls.model_dump(mode="json"), session.get("title"), turns, events
+            controls = self.validate_controls(
+                Controls.model_validate(session.get("controls") if isinstance(session, dict) else None)
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ControlError(f"the session export is malformed: {type(exc).__name__}: {exc}") from exc
+        except ValidationError as exc:
+            raise ControlError("the session export is malformed: " + describe(exc, "session.controls.")) from exc
+        try:
+            prepared = prepare(data, controls)
+        except ExportError as exc:
+            raise ControlError(str(exc)) from exc
+        return self.db.import_session(prepared)
 
     def _cap_event(self, cap_log: CapLog, mark: int) -> dict[str, Any]:
         steps = cap_log.steps[mark:]

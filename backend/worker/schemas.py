@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 MAX_MESSAGE_CHARS = 8000
 MAX_SYSTEM_CHARS = 4000
 MAX_NEW_TOKENS = 1024
+MAX_TITLE_CHARS = 200
+MAX_THRESHOLD = 1e9  # |cap_threshold|: far beyond any projection, small enough to stay finite in float32
 
 
 class Strict(BaseModel):
@@ -18,15 +20,20 @@ class Strict(BaseModel):
 class Controls(Strict):
     """Per-session generation controls. Layer windows are half-open ``[start, stop)``."""
 
-    cap_enabled: bool = False
+    cap_enabled: StrictBool = False
     cap_percentile: float | None = Field(75.0, ge=0, le=100, description="threshold as a percentile of the space's pool")
-    cap_threshold: float | None = Field(None, description="absolute threshold at every capped layer (overrides the percentile)")
+    cap_threshold: float | None = Field(
+        None,
+        ge=-MAX_THRESHOLD,
+        le=MAX_THRESHOLD,
+        description="absolute threshold at every capped layer (overrides the percentile)",
+    )
     cap_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the space's cap window")
     steer_coefficient: float = Field(0.0, ge=-4, le=4, description="multiples of the layer's mean activation norm")
     steer_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the target layer only")
     temperature: float = Field(0.7, gt=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
-    greedy: bool = True
+    greedy: StrictBool = True
     seed: int = Field(0, ge=0, le=2**31 - 1)
     max_new_tokens: int = Field(160, ge=1, le=MAX_NEW_TOKENS)
 
@@ -42,29 +49,29 @@ class Controls(Strict):
 class ControlsPatch(Strict):
     """A partial change of controls: only the fields given change."""
 
-    cap_enabled: bool | None = None
+    cap_enabled: StrictBool | None = None
     cap_percentile: float | None = Field(None, ge=0, le=100)
-    cap_threshold: float | None = None
-    clear_cap_threshold: bool = False
+    cap_threshold: float | None = Field(None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD)
+    clear_cap_threshold: StrictBool = False
     cap_layers: tuple[int, int] | None = None
     steer_coefficient: float | None = Field(None, ge=-4, le=4)
     steer_layers: tuple[int, int] | None = None
     temperature: float | None = Field(None, gt=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    greedy: bool | None = None
+    greedy: StrictBool | None = None
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
 
 
 class NewSession(Strict):
     system: str | None = Field(None, max_length=MAX_SYSTEM_CHARS)
-    title: str | None = Field(None, max_length=200)
+    title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
     controls: Controls | None = None
 
 
 class NewMessage(Strict):
     content: str = Field(..., min_length=1, max_length=MAX_MESSAGE_CHARS)
-    compare: bool = Field(False, description="generate the reply twice, capped and uncapped, with the same seed")
+    compare: StrictBool = Field(False, description="generate the reply twice, capped and uncapped, with the same seed")
 
 
 class Problem(BaseModel):

@@ -1,24 +1,27 @@
 """The worker's HTTP API (FastAPI under uvicorn): sessions, messages, resumable event streams, live controls.
 
-Binds to loopback by default. Binding anywhere else needs a bearer token (``--token`` or
-``PERSONA_SPACE_TOKEN``), and then every request must carry ``Authorization: Bearer <token>``.
+Binds to loopback by default. Binding anywhere else (an empty or wildcard host included) needs a bearer token
+(``--token-file``, ``PERSONA_SPACE_TOKEN`` or ``--token``), and then every request must carry
+``Authorization: Bearer <token>``. Without a token, only requests addressed to a loopback name (``Host``) and not
+sent by another web site (``Origin``, ``Sec-Fetch-Site``) are served: a web page cannot reach the worker through DNS
+rebinding or a cross-site form. Request bodies are limited to ``MAX_BODY`` bytes as they arrive (chunked ones too).
 The model loads in the background after the server starts: ``/health`` says ``ready: false`` until then, and
-routes that need the model answer 503.
+routes that need the model answer 503. While the database cannot be written, ``/health`` says
+``status: "degraded"`` with the reason, writes answer 503, and the worker recovers by itself once it can write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,12 +29,13 @@ from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import PersonaSpaceError
 from backend.worker.db import Database
 from backend.worker.engine import Conflict, ControlError, Engine
+from backend.worker.guards import BodyLimit, EventNotifier, Gate, is_loopback
 from backend.worker.schemas import Controls, ControlsPatch, MessageAccepted, NewMessage, NewSession
 
 log = logging.getLogger("persona_space.worker")
@@ -52,21 +56,13 @@ class WorkerState:
     error: str | None = None
     started: float = field(default_factory=time.time)
     space_cache: dict[int, dict[str, Any]] = field(default_factory=dict)
+    probed: float = 0.0
 
     def need_engine(self) -> Engine:
         if self.engine is None or not self.engine.ready.is_set():
             detail = self.error or f"the worker is still starting ({self.status}); retry in a few seconds"
             raise HTTPException(status_code=503, detail=detail)
         return self.engine
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _problem(status: int, error: str, detail: Any = None) -> JSONResponse:
@@ -80,27 +76,18 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
         description="Streams chat tokens with their projection on the Assistant Axis; live cap and steering controls.",
     )
 
-    @app.middleware("http")
-    async def check_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if token is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _problem(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-        return await call_next(request)
+    notifier = EventNotifier()
+    state.db.listeners.append(notifier.notify)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return _problem(413, f"request body too large: at most {MAX_BODY // 2**20} MiB")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(Gate, token=token)  # outermost: nothing is read before the caller is let in
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+            parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
         return _problem(
             422,
             "invalid request: " + "; ".join(parts),
@@ -131,6 +118,11 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
     async def changed(request: Request, exc: sqlite3.IntegrityError) -> JSONResponse:
         return _problem(409, "the session changed while this request ran (was it deleted?)")
 
+    @app.exception_handler(sqlite3.OperationalError)
+    async def unwritable(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        log.error("database error on %s: %s", request.url.path, exc)
+        return _problem(503, f"the sessions database cannot be used right now ({exc}); retry later")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
@@ -145,11 +137,17 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         engine = state.engine
-        ready = engine is not None and engine.ready.is_set() and state.error is None
+        # a failed write marks the database; otherwise look at most every 5 s (a real write, rolled back)
+        if state.db.write_error or time.time() - state.probed > 5:
+            state.probed = time.time()
+            degraded = state.db.probe()
+        else:
+            degraded = None
+        ready = engine is not None and engine.ready.is_set() and state.error is None and degraded is None
+        status = "failed" if state.error else "degraded" if degraded else "ready" if ready else state.status
         out: dict[str, Any] = {
-            "ready": ready, "status": "ready" if ready else (state.error and "failed") or state.status,
-            "error": state.error, "model": state.model_spec, "space": state.space_path,
-            "uptime_s": round(time.time() - state.started, 1),
+            "ready": ready, "status": status, "error": state.error or degraded, "degraded": degraded,
+            "model": state.model_spec, "space": state.space_path, "uptime_s": round(time.time() - state.started, 1),
         }  # fmt: skip
         if engine is not None:
             out.update(
@@ -170,9 +168,12 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
                 status_code=422, detail=f"layer {chosen} is out of range: the model has layers 0..{engine.n_layers - 1}"
             )
         if chosen not in state.space_cache:
-            from backend.space_view import read_space, summary
+            from backend.space_view import SpaceViewError, read_space, summary
 
-            state.space_cache[chosen] = summary(read_space(engine.space.path), chosen)
+            try:
+                state.space_cache[chosen] = summary(read_space(engine.space.path), chosen)
+            except SpaceViewError as exc:  # the space's files changed on disk since the worker started
+                raise HTTPException(status_code=503, detail=str(exc)) from exc
         return state.space_cache[chosen]
 
     @app.post("/sessions", status_code=201)
@@ -276,35 +277,49 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
         last_event_id: Annotated[str | None, Header(max_length=32)] = None,
     ) -> dict[str, Any] | StreamingResponse:
         session_or_404(sid)
-        if last_event_id is not None and last_event_id.isdigit():
+        if last_event_id is not None and last_event_id.strip():
+            if not (last_event_id.isascii() and last_event_id.strip().isdigit()):
+                raise HTTPException(status_code=422, detail="Last-Event-ID must be an event sequence number (ASCII digits)")
             after = max(after, min(int(last_event_id), MAX_SEQ))
         if not follow:
             return {"events": await run_in_threadpool(state.db.events, sid, after, limit)}
 
+        def newer(sid: str, seen: int) -> bool:
+            return state.db.last_seq.get(sid, 0) > seen
+
         async def stream() -> AsyncIterator[str]:
-            last, quiet, finished = after, 0.0, False
+            # An idle follower costs nothing: it sleeps until the database says its session has a new event (or a
+            # second passes), and reads the database only then.
+            last, seen, quiet, finished = after, -1, 0, False
+            notifier.attach(asyncio.get_running_loop())
             try:
                 while True:
                     if await request.is_disconnected():
                         return
-                    batch = await run_in_threadpool(state.db.events, sid, last, 500)
-                    for event in batch:
-                        last = event["seq"]
-                        yield f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                    if batch:
-                        quiet = 0.0
-                        continue
+                    current = state.db.last_seq.get(sid, 0)
+                    if seen < 0 or current > seen:
+                        seen = current
+                        batch = await run_in_threadpool(state.db.events, sid, last, 500)
+                        for event in batch:
+                            last = event["seq"]
+                            yield f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                        if batch:
+                            quiet, seen = 0, (-1 if len(batch) == 500 else seen)
+                            continue
                     engine = state.engine
-                    busy = await run_in_threadpool(engine.busy, sid) if engine is not None else False
-                    if until_idle and not busy and not await run_in_threadpool(state.db.events, sid, last, 1):
-                        finished = True
-                        yield "event: idle\ndata: {}\n\n"
-                        return
-                    quiet += 0.05
+                    if until_idle and not (await run_in_threadpool(engine.busy, sid) if engine is not None else False):
+                        if not await run_in_threadpool(state.db.events, sid, last, 1):
+                            finished = True
+                            yield "event: idle\ndata: {}\n\n"
+                            return
+                        seen = -1
+                        continue
+                    if await notifier.wait(sid, 1.0, partial(newer, sid, seen)):
+                        continue
+                    quiet += 1
                     if quiet >= 15:
-                        quiet = 0.0
+                        quiet = 0
                         yield ": keep-alive\n\n"
-                    await asyncio.sleep(0.05)
             finally:
                 # the client went away (the server cancels this generator on disconnect)
                 if cancel_on_disconnect and not finished and state.engine is not None:
@@ -339,6 +354,22 @@ def load_in_background(state: WorkerState, model_spec: str, space_path: str, loa
     return thread
 
 
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """The bearer token: from ``token_file`` (its first line), else ``--token``, else ``PERSONA_SPACE_TOKEN``."""
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PersonaSpaceError(f"cannot read the token file {token_file}: {exc}") from exc
+        if not text or not text[0].strip():
+            raise PersonaSpaceError(f"the token file {token_file} is empty")
+        return text[0].strip()
+    if token:
+        log.warning("--token is visible to every user of this machine in `ps`; prefer --token-file or PERSONA_SPACE_TOKEN")
+        return token
+    return os.environ.get("PERSONA_SPACE_TOKEN") or None
+
+
 def serve(
     model_spec: str,
     space_path: str,
@@ -357,8 +388,10 @@ def serve(
 
     token = token or os.environ.get("PERSONA_SPACE_TOKEN") or None
     if not is_loopback(host) and not token:
+        where = repr(host) + (" (every interface)" if host.strip() in ("", "0.0.0.0", "::", "[::]") else "")
         raise PersonaSpaceError(
-            f"binding to {host} exposes the worker beyond this machine: pass --token or set PERSONA_SPACE_TOKEN"
+            f"binding to {where} exposes the worker beyond this machine: pass --token-file FILE or set "
+            "PERSONA_SPACE_TOKEN (or --token, visible to other users in `ps`)"
         )
     space = load_space(space_path)
     _, name, fingerprint = resolve(model_spec, cache_dir(cache))

@@ -1,0 +1,253 @@
+"""Soak: one worker on loopback under N sessions doing random things for a bounded time.
+
+Each session, in a loop: changes its controls at random, sends a message and follows the reply over server-sent
+events (dropping the stream and resuming with Last-Event-ID now and then), stops a reply, undoes, exports and
+re-imports itself, and sends hostile requests. Then every stored reply is checked: a finished status, and its
+text equal to its token events. Separately, ``GET /sessions/{id}`` latency is measured with and without 100 idle
+event followers connected, and while a 19 MB session export is imported. The last line is JSON: ``requests``, ``errors_5xx`` (target 0), ``turns_done``,
+``turns_lost`` (target 0), ``p95_ms`` (GET /sessions/{id} under the idle followers, target <= 50).
+
+    python bench/soak.py --quick      # 6 sessions for 60 s, 100 followers
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.worker_harness import Worker
+
+HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
+    ("POST", "/sessions", '{"controls": {"cap_threshold": 1e300}}', {}),
+    ("POST", "/sessions", '{"controls": {"temperature": NaN}}', {}),
+    ("POST", "/sessions", '{"controls": {"greedy": "yes"}}', {}),
+    ("POST", "/sessions/import", '{"format": "persona-space-session", "session": {"controls": {}}, "turns": '
+     '[{"id": 1, "role": "user", "content": "x", "seed": 1180591620717411303424}], "events": []}', {}),
+    ("POST", "/sessions/import", '{"format": "persona-space-session", "session": {"controls": {}}, "turns": [], '
+     '"events": [{"type": "token", "turn": 1e400, "data": {}}]}', {}),
+    ("GET", "/sessions", None, {"host": "evil.example"}),
+    ("POST", "/sessions", "title=x", {"origin": "https://evil.example", "content-type": "application/x-www-form-urlencoded"}),
+    ("POST", "/project", "[" * 50_000 + "]" * 50_000, {}),
+]  # fmt: skip
+PROMPTS = ["Tell me about bread.", "How do tides work?", "Who are you?", "Describe a storm.", "Give me advice."]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors_5xx: list[str] = []
+        self.hostile_accepted: list[str] = []
+
+    async def call(self, client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
+        r = await client.request(method, path, **kw)
+        self.requests += 1
+        if r.status_code >= 500:
+            self.errors_5xx.append(f"{method} {path} -> {r.status_code} {r.text[:120]}")
+        return r
+
+
+async def follow(client: httpx.AsyncClient, stats: Stats, sid: str, last: int, max_events: int | None) -> int:
+    """Read the session's events until idle (or ``max_events``, then drop the stream); returns the last seq seen."""
+    headers = {"Last-Event-ID": str(last)} if last else {}
+    params = {"follow": "true", "until_idle": "true"}
+    n = 0
+    async with client.stream("GET", f"/sessions/{sid}/events", params=params, headers=headers, timeout=300) as r:
+        stats.requests += 1
+        if r.status_code >= 500:
+            stats.errors_5xx.append(f"stream {sid} -> {r.status_code}")
+            return last
+        async for line in r.aiter_lines():
+            if line.startswith("id: "):
+                last = int(line[4:])
+                n += 1
+                if max_events is not None and n >= max_events:
+                    break
+    return last
+
+
+async def session_loop(client: httpx.AsyncClient, stats: Stats, rng: random.Random, until: float, sids: list[str]) -> None:
+    r = await stats.call(client, "POST", "/sessions", json={"controls": {"max_new_tokens": rng.randint(4, 24)}})
+    sid = r.json()["id"]
+    sids.append(sid)
+    last = 0
+    while time.time() < until:
+        action = rng.random()
+        if action < 0.25:
+            patch = rng.choice(
+                [{"cap_enabled": rng.random() < 0.5}, {"cap_percentile": rng.choice([1.0, 25.0, 50.0, 75.0, 90.0])},
+                 {"steer_coefficient": round(rng.uniform(-2, 2), 2)}, {"greedy": rng.random() < 0.5, "seed": rng.randint(0, 99)},
+                 {"temperature": round(rng.uniform(0.2, 1.5), 2)}, {"max_new_tokens": rng.randint(4, 24)}]
+            )  # fmt: skip
+            await stats.call(client, "PATCH", f"/sessions/{sid}/controls", json=patch)
+        elif action < 0.6:
+            await stats.call(
+                client, "POST", f"/sessions/{sid}/messages", json={"content": rng.choice(PROMPTS), "compare": rng.random() < 0.2}
+            )
+            if rng.random() < 0.15:
+                await asyncio.sleep(rng.uniform(0, 0.3))
+                await stats.call(client, "POST", f"/sessions/{sid}/stop")
+            last = await follow(client, stats, sid, last, rng.choice([None, 3]))
+            last = await follow(client, stats, sid, last, None)  # resume after a dropped stream
+        elif action < 0.7:
+            await stats.call(client, "POST", f"/sessions/{sid}/undo")  # 409 while busy is fine
+        elif action < 0.8:
+            exported = await stats.call(client, "GET", f"/sessions/{sid}/export")
+            if exported.status_code == 200:
+                await stats.call(client, "POST", "/sessions/import", json=exported.json())
+        elif action < 0.9:
+            await stats.call(client, "GET", f"/sessions/{sid}")
+        else:
+            method, path, body, headers = rng.choice(HOSTILE)
+            r = await stats.call(client, method, path, content=body, headers={"content-type": "application/json", **headers})
+            if r.status_code < 400:
+                stats.hostile_accepted.append(f"{method} {path} -> {r.status_code}")
+
+
+async def latency(client: httpx.AsyncClient, sid: str, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = await client.get(f"/sessions/{sid}")
+        times.append((time.perf_counter() - t0) * 1000)
+        assert r.status_code == 200
+        await asyncio.sleep(0.01)
+    return times
+
+
+def big_export(n_turns: int = 100, tokens_per_turn: int = 460) -> dict[str, Any]:
+    """A session export of about 19 MB: ``n_turns`` exchanges with ``tokens_per_turn`` token events each."""
+    turns: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for i in range(n_turns):
+        user, reply = 2 * i + 1, 2 * i + 2
+        turns.append({"id": user, "role": "user", "content": "hello " * 20, "status": "done"})
+        turns.append({"id": reply, "role": "assistant", "content": " word" * tokens_per_turn, "status": "done", "reply_to": user})
+        for k in range(tokens_per_turn):
+            data = {"turn": reply, "index": k, "token_id": 123, "text": " word", "projection": 1.23456, "monitor_layer": 15,
+                    "controls_version": 0, "variant": "single", "cap_on": True, "tau": [1.1] * 6, "cap_delta": 0.1,
+                    "cap_deltas": [0.1] * 6, "projection_before_cap": 1.0, "projection_after_cap": 1.1, "cap_layers": [21, 27]}  # fmt: skip
+            events.append({"seq": len(events) + 1, "type": "token", "turn": reply, "data": data})
+    return {"format": "persona-space-session", "session": {"controls": {}}, "turns": turns, "events": events}
+
+
+async def during_import(client: httpx.AsyncClient, sid: str) -> tuple[float, float, float, str]:
+    """(size in MB, import seconds, slowest GET /sessions/{id} in ms while the import runs, the new session)."""
+    body = json.dumps(big_export()).encode()
+    slowest, t0 = 0.0, time.perf_counter()
+    task = asyncio.create_task(client.post("/sessions/import", content=body, headers={"content-type": "application/json"}))
+    while not task.done():
+        t = time.perf_counter()
+        await client.get(f"/sessions/{sid}")
+        slowest = max(slowest, (time.perf_counter() - t) * 1000)
+        await asyncio.sleep(0.02)
+    r = await task
+    assert r.status_code == 201, r.text[:200]
+    return round(len(body) / 1e6, 1), round(time.perf_counter() - t0, 2), round(slowest, 1), str(r.json()["id"])
+
+
+def p95(values: list[float]) -> float:
+    return round(statistics.quantiles(values, n=20)[-1], 1)
+
+
+async def idle_follower(url: str, sid: str, connected: asyncio.Event, counter: list[int], total: int) -> None:
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=None) as client,
+        client.stream("GET", f"/sessions/{sid}/events", params={"follow": "true"}) as r,
+    ):
+        counter[0] += 1
+        if counter[0] >= total:
+            connected.set()
+        async for _ in r.aiter_lines():
+            pass
+
+
+async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    stats = Stats()
+    limits = httpx.Limits(max_connections=args.sessions * 3 + 10)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        probe = (await stats.call(client, "POST", "/sessions", json={"controls": {"max_new_tokens": 8}})).json()["id"]
+        await stats.call(client, "POST", f"/sessions/{probe}/messages", json={"content": "Hello there."})
+        await follow(client, stats, probe, 0, None)
+        base = await latency(client, probe, args.samples)
+        # idle followers: each on its own quiet session, all connected at once
+        quiet = [(await stats.call(client, "POST", "/sessions", json={})).json()["id"] for _ in range(args.followers)]
+        connected, counter = asyncio.Event(), [0]
+        followers = [asyncio.create_task(idle_follower(url, s, connected, counter, len(quiet))) for s in quiet]
+        await asyncio.wait_for(connected.wait(), 120)
+        await asyncio.sleep(1.0)
+        loaded = await latency(client, probe, args.samples)
+        import_mb, import_s, import_max_get, big = await during_import(client, probe)
+        stats.requests += 1
+        rng = random.Random(args.seed)
+        sids: list[str] = []
+        until = time.time() + args.seconds
+        await asyncio.gather(
+            *(session_loop(client, stats, random.Random(rng.random()), until, sids) for _ in range(args.sessions))
+        )
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        # every stored reply: finished, and its text is its token events
+        listed = (await stats.call(client, "GET", "/sessions")).json()["sessions"]
+        done = lost = 0
+        deadline = time.time() + 120
+        for entry in [e for e in listed if e["id"] != big]:
+            while time.time() < deadline and (await client.get(f"/sessions/{entry['id']}")).json()["busy"]:
+                await asyncio.sleep(0.2)
+            exported = (await stats.call(client, "GET", f"/sessions/{entry['id']}/export")).json()
+            texts: dict[int, str] = {}
+            for e in exported["events"]:
+                if e["type"] == "token":
+                    texts[e["turn"]] = texts.get(e["turn"], "") + e["data"]["text"]
+            for turn in exported["turns"]:
+                if turn["role"] != "assistant":
+                    continue
+                ok = turn["status"] in ("done", "stopped") and turn["content"] == texts.get(turn["id"], "")
+                done += ok
+                lost += not ok
+    return {
+        "requests": stats.requests, "errors_5xx": len(stats.errors_5xx), "turns_done": done, "turns_lost": lost,
+        "p95_ms": p95(loaded), "p95_ms_no_followers": p95(base), "median_ms": round(statistics.median(loaded), 1),
+        "import_mb": import_mb, "import_s": import_s, "max_get_ms_during_import": import_max_get,
+        "followers": args.followers, "sessions": args.sessions, "seconds": args.seconds,
+        "hostile_accepted": len(stats.hostile_accepted), "first_5xx": stats.errors_5xx[:3],
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--space", default="cached_activations/smollm2-135m")
+    parser.add_argument("--quick", action="store_true", help="6 sessions for 60 s (about 2 minutes in all)")
+    parser.add_argument("--sessions", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--followers", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=200, help="GET /sessions/{id} timings per measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.sessions = args.sessions or (6 if args.quick else 12)
+    args.seconds = args.seconds or (60.0 if args.quick else 600.0)
+    tmp = Path(tempfile.mkdtemp())
+    worker = Worker(args.model, Path(args.space), tmp / "soak.sqlite3")
+    try:
+        worker.wait_ready()
+        result = asyncio.run(run(worker.url, args))
+    finally:
+        worker.close()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
