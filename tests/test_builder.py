@@ -62,14 +62,31 @@ def test_full_build_on_a_tiny_model(reference_space, tiny_chat) -> None:  # type
         assert role["kept"] and role["example"]["answer"] is not None
 
 
-def test_info_json_fields(reference_space) -> None:  # type: ignore[no-untyped-def]
+def test_info_json_values(reference_space) -> None:  # type: ignore[no-untyped-def]
+    """`info --json` against values recomputed here from the role vectors and the pool (not the stored derivations)."""
     info = json.loads(json.dumps(space_info(reference_space)))
-    for key in ("model", "n_layers", "hidden", "target_layer", "roles", "dropped", "axis_pc1_cosine",
-                "pc1_variance_ratio", "projections", "thresholds"):  # fmt: skip
-        assert key in info
-    assert len(info["axis_pc1_cosine"]) == 4 and len(info["pc1_variance_ratio"]) == 4
-    assert set(info["projections"]) == set(ROLES)
-    assert set(info["thresholds"]["2"]) == {"p1", "p25", "p50", "p75"}
+    t = reference_space.tensors
+    assert (info["model"], info["fingerprint"], info["n_layers"], info["hidden"]) == ("tiny-llama", "tiny-0", 4, 32)
+    assert info["target_layer"] == 2 and info["roles"] == list(ROLES) and info["dropped"] == {}
+    vectors = t["role_vectors"].double()
+    axis = t["default_vector"].double() - vectors.mean(0)
+    for layer in range(4):
+        centred = vectors[:, layer] - vectors[:, layer].mean(0)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        assert info["pc1_variance_ratio"][layer] == pytest.approx(float(s[0] ** 2 / (s**2).sum()), abs=1e-4)
+        cos = abs(float(vh[0] @ axis[layer] / axis[layer].norm()))  # PC1's sign follows the axis: cos >= 0
+        assert info["axis_pc1_cosine"][layer] == pytest.approx(cos, abs=1e-4)
+        pool = sorted(t["pool_projections"][:, layer].double().tolist())
+        rank = 0.75 * (len(pool) - 1)
+        p75 = pool[int(rank)] + (rank - int(rank)) * (pool[min(int(rank) + 1, len(pool) - 1)] - pool[int(rank)])
+        assert info["thresholds"][str(layer)]["p75"] == pytest.approx(p75, abs=1e-4)
+        assert info["thresholds"][str(layer)]["p1"] == pytest.approx(
+            pool[0] + 0.01 * (len(pool) - 1) * (pool[1] - pool[0]), abs=1e-4
+        )
+    unit = axis[2] / axis[2].norm()
+    assert info["projections"] == pytest.approx({name: float(vectors[i, 2] @ unit) for i, name in enumerate(ROLES)}, abs=1e-4)
+    assert info["default_projection"] == pytest.approx(float(t["default_vector"][2].double() @ unit), abs=1e-4)
+    assert info["counts"]["answers"] == 30 and info["counts"]["roles_kept"] == 5
 
 
 def test_capture_during_generation_matches_teacher_forcing(tiny_chat, catalogue) -> None:  # type: ignore[no-untyped-def]
