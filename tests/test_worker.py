@@ -412,3 +412,40 @@ def test_after_and_last_event_id_resume_exactly_after_the_later_one(worker) -> N
     assert [e["seq"] for e in worker.stream(sid, after=early, max_events=3)] == seqs[2:5]
     assert [e["seq"] for e in worker.stream(sid, after=late)] == seqs[5:]
     assert [e["seq"] for e in worker.stream(sid, after=seqs[-1])] == []
+
+
+def test_projection_values_match_an_independent_oracle(worker, tiny_world) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from backend.models import load_model
+    from backend.store import load_space
+    from tests.test_drift import independent_spans
+
+    conversation = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there, how can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why did the chicken cross the road?"},
+    ]
+    r = worker.client.post("/project", json={"model": "x", "turns": 9, "conversation": conversation})
+    assert r.status_code == 200, r.text
+    model, space_path, _ = tiny_world
+    loaded, space = load_model(model), load_space(space_path)
+    ids = loaded.tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
+    with torch.no_grad():
+        hidden = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[space.target_layer + 1][0]
+    axis = space.tensors["axis"][space.target_layer].double()
+    spans = independent_spans(loaded.tokenizer, conversation)
+    got = r.json()["turns"]
+    assert [(t["message_index"], t["n_tokens"]) for t in got] == [(1, spans[0][1] - spans[0][0]), (3, spans[1][1] - spans[1][0])]
+    for turn, (a, b) in zip(got, spans, strict=True):
+        assert turn["projection"] == pytest.approx(float(hidden[a:b].double().mean(0) @ axis / axis.norm()), rel=1e-5, abs=1e-6)
+    # a live turn's mean projection is the mean of its tokens' projections (same layer, linear in the activations)
+    sid = worker.session(controls={"max_new_tokens": 12, "cap_enabled": False})
+    turn = worker.say(sid, "Hello.")["assistant_turns"][0]
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    tokens = tokens_of(events, turn)
+    end = next(e["data"] for e in events if e["type"] == "turn_end" and e["turn"] == turn)
+    assert end["n_tokens"] == len(tokens) > 0 and all(t["monitor_layer"] == space.target_layer for t in tokens)
+    assert end["mean_projection"] == pytest.approx(sum(t["projection"] for t in tokens) / len(tokens), abs=1e-4)
