@@ -191,3 +191,25 @@ def test_the_app_never_imports_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_events_repeated_on_reconnect_are_applied_once() -> None:
+    """A reconnect may resend the last event seen (seq == last_seq) and older ones: each counts once."""
+    created = [
+        {"seq": 1, "turn": 1, "type": "turn_created", "data": {"turn": 1, "role": "user", "content": "hi"}},
+        {
+            "seq": 2,
+            "turn": 2,
+            "type": "turn_created",
+            "data": {"turn": 2, "role": "assistant", "variant": "single", "reply_to": 1},
+        },
+    ]
+    tokens = [{"seq": 3 + i, "turn": 2, "type": "token", "data": {"turn": 2, "index": i, "text": t}} for i, t in enumerate("ab")]
+    conv = apply_events(Conversation(), created + tokens)
+    assert conv.last_seq == 4
+    apply_events(conv, tokens[-1:])  # the last event again
+    apply_events(conv, [*tokens, {"seq": 5, "turn": 2, "type": "token", "data": {"turn": 2, "index": 2, "text": "c"}}])
+    reply = conv.exchanges[0].replies["single"]
+    assert reply.text == "abc" and [t["index"] for t in reply.tokens] == [0, 1, 2] and conv.last_seq == 5
+    apply_events(conv, created)  # the whole log from the start: nothing new
+    assert len(conv.exchanges) == 1 and len(conv.exchanges[0].replies) == 1 and reply.text == "abc"

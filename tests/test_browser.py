@@ -15,6 +15,10 @@ from tests.worker_harness import ROOT
 
 SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
 
+# The servers' start (up to 240 s) and the page waits below (up to 360 s in one test) are bounded on their own;
+# the per-test limit sits above their sum so that only a real hang trips it.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def servers():  # type: ignore[no-untyped-def]

@@ -62,14 +62,31 @@ def test_full_build_on_a_tiny_model(reference_space, tiny_chat) -> None:  # type
         assert role["kept"] and role["example"]["answer"] is not None
 
 
-def test_info_json_fields(reference_space) -> None:  # type: ignore[no-untyped-def]
+def test_info_json_values(reference_space) -> None:  # type: ignore[no-untyped-def]
+    """`info --json` against values recomputed here from the role vectors and the pool (not the stored derivations)."""
     info = json.loads(json.dumps(space_info(reference_space)))
-    for key in ("model", "n_layers", "hidden", "target_layer", "roles", "dropped", "axis_pc1_cosine",
-                "pc1_variance_ratio", "projections", "thresholds"):  # fmt: skip
-        assert key in info
-    assert len(info["axis_pc1_cosine"]) == 4 and len(info["pc1_variance_ratio"]) == 4
-    assert set(info["projections"]) == set(ROLES)
-    assert set(info["thresholds"]["2"]) == {"p1", "p25", "p50", "p75"}
+    t = reference_space.tensors
+    assert (info["model"], info["fingerprint"], info["n_layers"], info["hidden"]) == ("tiny-llama", "tiny-0", 4, 32)
+    assert info["target_layer"] == 2 and info["roles"] == list(ROLES) and info["dropped"] == {}
+    vectors = t["role_vectors"].double()
+    axis = t["default_vector"].double() - vectors.mean(0)
+    for layer in range(4):
+        centred = vectors[:, layer] - vectors[:, layer].mean(0)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        assert info["pc1_variance_ratio"][layer] == pytest.approx(float(s[0] ** 2 / (s**2).sum()), abs=1e-4)
+        cos = abs(float(vh[0] @ axis[layer] / axis[layer].norm()))  # PC1's sign follows the axis: cos >= 0
+        assert info["axis_pc1_cosine"][layer] == pytest.approx(cos, abs=1e-4)
+        pool = sorted(t["pool_projections"][:, layer].double().tolist())
+        rank = 0.75 * (len(pool) - 1)
+        p75 = pool[int(rank)] + (rank - int(rank)) * (pool[min(int(rank) + 1, len(pool) - 1)] - pool[int(rank)])
+        assert info["thresholds"][str(layer)]["p75"] == pytest.approx(p75, abs=1e-4)
+        assert info["thresholds"][str(layer)]["p1"] == pytest.approx(
+            pool[0] + 0.01 * (len(pool) - 1) * (pool[1] - pool[0]), abs=1e-4
+        )
+    unit = axis[2] / axis[2].norm()
+    assert info["projections"] == pytest.approx({name: float(vectors[i, 2] @ unit) for i, name in enumerate(ROLES)}, abs=1e-4)
+    assert info["default_projection"] == pytest.approx(float(t["default_vector"][2].double() @ unit), abs=1e-4)
+    assert info["counts"]["answers"] == 30 and info["counts"]["roles_kept"] == 5
 
 
 def test_capture_during_generation_matches_teacher_forcing(tiny_chat, catalogue) -> None:  # type: ignore[no-untyped-def]
@@ -190,3 +207,85 @@ def test_catalogue_validation(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (folder / "questions.json").write_text('[{"id": "q1", "kind": "self"')
     with pytest.raises(CatalogueError, match="questions.json is not valid JSON"):
         load_catalogue(folder)
+
+
+def test_answers_that_stop_early_average_only_their_own_tokens(tiny_chat, catalogue) -> None:  # type: ignore[no-untyped-def]
+    """Rows that end at EOS before the others: their EOS and the padding fed after it stay out of the means."""
+    units = plan_units(catalogue, SETTINGS, "tiny")[:4]
+    eos = int(tiny_chat.tokenizer.eos_token_id)
+    stop_at = {0: 2, 2: 4}  # row -> index of the generated token forced to EOS (answers of 2 and 4 tokens)
+    calls = {"n": 0}
+
+    def force_eos(module, args, output):  # type: ignore[no-untyped-def]
+        step = calls["n"]  # forward call k produces generated token k
+        calls["n"] += 1
+        for row, at in stop_at.items():
+            if step == at:
+                output[row, -1, :] = -1e4
+                output[row, -1, eos] = 1e4
+        return output
+
+    hook = tiny_chat.model.get_output_embeddings().register_forward_hook(force_eos)
+    try:
+        means, records = generate_chunk(tiny_chat, units, SETTINGS, seed=3)
+    finally:
+        hook.remove()
+    assert [r["n_tokens"] for r in records] == [2, SETTINGS.max_new_tokens, 4, SETTINGS.max_new_tokens]
+    assert [r["truncated"] for r in records] == [False, True, False, True]
+    assert all(eos not in r["tokens"] for r in records)
+    reference = teacher_forced_means(tiny_chat, units, [r["tokens"] for r in records])
+    torch.testing.assert_close(means, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_check_model_refuses_another_fingerprint_even_under_the_same_name(reference_space) -> None:  # type: ignore[no-untyped-def]
+    name = reference_space.manifest["model"]["name"]
+    with pytest.raises(SpaceMismatchError, match="built for 'tiny-llama'"):
+        reference_space.check_model("f" * 64, name)
+    with pytest.raises(SpaceMismatchError):
+        load_space(reference_space.path, fingerprint="f" * 64, model_name=name)
+    reference_space.check_model("tiny-0", "a renamed copy")  # same weights under another name: accepted
+
+
+def test_threshold_for_a_percentile_not_stored(reference_space) -> None:  # type: ignore[no-untyped-def]
+    pool = reference_space.tensors["pool_projections"].double().numpy()  # (answers, layers)
+    assert 60.0 not in reference_space.percentiles
+    got = reference_space.threshold(60.0)
+    assert got.shape == (4,)
+    for layer in range(4):  # linear interpolation between the two nearest ranks, by hand
+        values = sorted(pool[:, layer])
+        rank = 0.6 * (len(values) - 1)
+        lo = int(rank)
+        expected = values[lo] + (rank - lo) * (values[min(lo + 1, len(values) - 1)] - values[lo])
+        assert float(got[layer]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    stored = reference_space.percentiles.index(75.0)
+    assert torch.equal(reference_space.threshold(75), reference_space.tensors["thresholds"][stored])
+
+
+def test_role_vectors_average_only_score_3_answers(tiny_chat, catalogue) -> None:  # type: ignore[no-untyped-def]
+    units = plan_units(catalogue, SETTINGS, "tiny")
+    assert len(units) == 5 * 2 + 5 * 2 * 2
+    means = torch.randn(len(units), 4, 32, generator=torch.Generator().manual_seed(0))
+    records = [{"n_tokens": 3, "truncated": False, "text": "x"} for _ in units]
+    plan = {
+        "pirate": [3, 2, 3, 1],
+        "librarian": [2, 2, 2, 2],
+        "ghost": [3, 0, 2, 2],
+        "accountant": [1, 3, 3, 3],
+        "poet": [3, 3, 3, 3],
+    }
+    scores = {}
+    for name, given in plan.items():
+        for unit, score in zip([u for u in units if u.role == name], given, strict=True):
+            scores[unit.key] = (score, "by hand")
+    manifest, tensors = builder.build_space(tiny_chat, catalogue, SETTINGS, units, means, records, scores, started=0.0)
+    entries = {e["name"]: e for e in manifest["roles"]}
+    assert {n: e["in_role"] for n, e in entries.items()} == {"pirate": 2, "librarian": 0, "ghost": 1, "accountant": 3, "poet": 4}
+    assert entries["librarian"]["kept"] is False and "0 in-role (score 3) answers of 4" in entries["librarian"]["dropped"]
+    assert entries["ghost"]["scores"] == {"0": 1, "1": 0, "2": 2, "3": 1}
+    kept = [n for n in plan if entries[n]["kept"]]
+    assert kept == ["pirate", "ghost", "accountant", "poet"]
+    for row, name in enumerate(kept):
+        chosen = [i for i, u in enumerate(units) if u.role == name and scores[u.key][0] == 3]
+        torch.testing.assert_close(tensors["role_vectors"][row], means[chosen].mean(0))
+    defaults = [i for i, u in enumerate(units) if u.role == "default"]
+    torch.testing.assert_close(tensors["default_vector"], means[defaults].mean(0))

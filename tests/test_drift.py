@@ -32,20 +32,38 @@ def world(tiny_world):  # type: ignore[no-untyped-def]
     return loaded, load_space(space, fingerprint=loaded.info.fingerprint), root
 
 
-def test_projection_equals_mean_of_token_activations(world) -> None:  # type: ignore[no-untyped-def]
-    from backend.chat import encode_conversation
+def independent_spans(tokenizer, conversation):  # type: ignore[no-untyped-def]
+    """Each assistant turn's content tokens found without offsets: the prompt that precedes the turn (the chat
+    template's own tokenization, generation prompt included) gives the start, the content tokenized alone the end."""
+    spans = []
+    for k, message in enumerate(conversation):
+        if message["role"] == "assistant":
+            start = len(
+                tokenizer.apply_chat_template(conversation[:k], add_generation_prompt=True, tokenize=True, return_dict=False)
+            )
+            spans.append((start, start + len(tokenizer(message["content"], add_special_tokens=False)["input_ids"])))
+    return spans
 
+
+def test_projection_equals_mean_of_token_activations(world) -> None:  # type: ignore[no-untyped-def]
     loaded, space, _ = world
+    tokenizer = loaded.tokenizer
     transcript = parse_transcript(CONVERSATION)
+    ids = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
+    spans = independent_spans(tokenizer, CONVERSATION)
+    for (a, b), message in zip(spans, CONVERSATION[1::2], strict=True):
+        assert tokenizer.decode(ids[a:b]) == message["content"]  # the spans hold exactly the answers
+    assert [b - a for a, b in spans] == [16, 12]
+    with torch.no_grad():
+        states = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
     for layer in (1, space.target_layer):
         result = project_transcript(loaded, space, transcript, layer=layer)
-        encoded = encode_conversation(loaded.tokenizer, None, CONVERSATION)
-        with torch.no_grad():
-            hidden = loaded.model(torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+        assert result["tokens"] == len(ids) and result["layer"] == layer
+        hidden = states[layer + 1][0]
         axis = space.tensors["axis"][layer].double()
         unit = axis / axis.norm()
         assert [t["index"] for t in result["turns"]] == [0, 1] and [t["message_index"] for t in result["turns"]] == [1, 3]
-        for turn, (a, b) in zip(result["turns"], encoded.assistant_spans, strict=True):
+        for turn, (a, b) in zip(result["turns"], spans, strict=True):
             expected = float(hidden[a:b].double().mean(0) @ unit)
             assert turn["projection"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
             assert turn["n_tokens"] == b - a and len(turn["nearest"]) == 5
@@ -113,7 +131,7 @@ def test_too_long_for_the_context_is_refused_not_truncated(world) -> None:  # ty
         project_transcript(loaded, space, parse_transcript(long), allow_window=False)
 
 
-def test_cli_project_transcript_json(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_project_transcript_json(tiny_world, world, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model, space, _ = tiny_world
     (tmp_path / "t.json").write_text(json.dumps({"model": "m", "turns": 1, "conversation": CONVERSATION}))
     done = subprocess.run(
@@ -122,7 +140,12 @@ def test_cli_project_transcript_json(tiny_world, tmp_path) -> None:  # type: ign
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [set(t) >= {"index", "projection"} for t in result["turns"]] == [True, True]
+    expected = project_transcript(world[0], world[1], parse_transcript(CONVERSATION))
+    assert result["transcript_model"] == "m" and result["layer"] == expected["layer"] == 2
+    assert [t["message_index"] for t in result["turns"]] == [1, 3]
+    for got, want in zip(result["turns"], expected["turns"], strict=True):
+        assert got["n_tokens"] == want["n_tokens"] and got["projection"] == pytest.approx(want["projection"], rel=1e-5, abs=1e-6)
+        assert [n["name"] for n in got["nearest"]] == [n["name"] for n in want["nearest"]]
     bad = subprocess.run(
         [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "missing.json"), "--model", model, "--space", str(space)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -140,12 +163,43 @@ def test_drift_report_on_a_tiny_model(world, tmp_path) -> None:  # type: ignore[
     loaded, space, _ = world
     scenario = load_scenario(ROOT / "assets" / "scenarios" / "coding.json")
     short = type(scenario)(**{**scenario.__dict__, "turns": scenario.turns[:3]})
-    report = run_drift(loaded, space, [short], tmp_path / "out", seeds=(0,), max_new_tokens=4)
+    report = run_drift(loaded, space, [short], tmp_path / "out", seeds=(0, 1), max_new_tokens=4)
     rows = list(csv.DictReader(open(tmp_path / "out" / "projections.csv")))
-    assert len(rows) == 2 * 3 and {r["variant"] for r in rows} == {"uncapped", "capped"}
-    assert all(r["projection"] not in ("", None) for r in rows)
-    assert {(s["domain"], s["variant"]) for s in report["summary"]} == {("coding", "uncapped"), ("coding", "capped")}
+    assert [(r["variant"], r["seed"], r["turn"]) for r in rows] == [
+        (v, str(seed), str(turn)) for v in ("uncapped", "capped") for seed in (0, 1) for turn in (1, 2, 3)
+    ]  # turns are numbered from 1, in order
+    assert all(r["status"] == "done" and r["scenario"] == "coding" for r in rows)
+    for variant in ("uncapped", "capped"):
+        for seed in (0, 1):
+            transcript = json.loads((tmp_path / "out" / "transcripts" / f"coding-{variant}-seed{seed}.json").read_text())
+            assert [m["content"] for m in transcript["conversation"][0::2]] == list(short.turns)
+            assert parse_transcript(transcript).n_assistant == 3
+            ours = [float(r["projection"]) for r in rows if (r["variant"], r["seed"]) == (variant, str(seed))]
+            assert transcript["projections"] == pytest.approx(ours, abs=1e-9)
+            assert transcript["steering_config"] == ({"cap_percentile": 75.0, "layers": [2, 3]} if variant == "capped" else None)
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "Drift report" in html and "plotly" in html.lower()
-    transcript = json.loads((tmp_path / "out" / "transcripts" / "coding-capped-seed0.json").read_text())
-    assert parse_transcript(transcript).n_assistant == 3 and transcript["steering_config"]["cap_percentile"] == 75.0
+    for variant in ("capped", "uncapped"):  # the summary, recomputed from the CSV: mean over seeds per turn
+        curve = [
+            sum(float(r["projection"]) for r in rows if (r["variant"], r["turn"]) == (variant, str(t))) / 2 for t in (1, 2, 3)
+        ]
+        (entry,) = [s for s in report["summary"] if s["variant"] == variant]
+        assert entry["domain"] == "coding" and entry["turns"] == 3
+        assert entry["curve"] == [round(v, 3) for v in curve]
+        assert (entry["first"], entry["last"], entry["drift"]) == (
+            round(curve[0], 3),
+            round(curve[2], 3),
+            round(curve[2] - curve[0], 3),
+        )
+        assert entry["slope_per_turn"] == round((curve[2] - curve[0]) / 2, 4)  # least squares over 3 equally spaced points
+        assert entry["mean"] == round(sum(curve) / 3, 3) and entry["min"] == round(min(curve), 3)
+        cells = [entry["first"], entry["last"], entry["drift"], entry["slope_per_turn"], entry["mean"], entry["min"]]
+        assert f"<td>coding</td><td>{variant}</td>" + "".join(f"<td>{c}</td>" for c in cells) in html
+    assert report["default_projection"] == round(float(space.tensors["default_projection"][space.target_layer]), 3)
+
+
+def test_n_assistant_counts_assistant_messages_only() -> None:
+    three_users = [*CONVERSATION, {"role": "user", "content": "And peppers?"}]
+    assert parse_transcript(three_users).n_assistant == 2
+    assert parse_transcript(CONVERSATION[:2]).n_assistant == 1
+    assert parse_transcript([{"role": "system", "content": "s"}, *CONVERSATION[:3]]).n_assistant == 1

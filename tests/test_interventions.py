@@ -265,3 +265,30 @@ def test_handle_remove_is_idempotent_and_context_manager(llama) -> None:  # type
     handle.remove()
     handle.remove()
     assert hook_count(llama) == hooks
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["records", "live"])
+def test_steering_then_cap_on_the_same_layer(llama, live) -> None:  # type: ignore[no-untyped-def]
+    """Steering moves the block output first and the cap floors the result (in whatever order they are passed)."""
+    ids = random_ids(length=10)
+    layer = 1
+    direction = torch.randn(32)
+    u = direction / direction.norm()
+    seen_plain, h = record_outputs(llama, layer)
+    with torch.no_grad():
+        llama(ids)
+    h.remove()
+    plain = seen_plain[0].double()
+    tau = float((plain @ u.double()).median())
+    coefficient = -3.0  # pushes every position well below the floor
+    vector = steering_vector(direction, scale=2.0)
+    steered = plain + coefficient * vector.double()
+    expected = steered + u.double() * (tau - steered @ u.double()).clamp_min(0).unsqueeze(-1)  # floor after steering
+    cap, steer_ = Cap({layer: direction}, {layer: tau}), Steer({layer: vector}, coefficient)
+    items = (Live(cap), Live(steer_)) if live else (cap, steer_)
+    with intervene(llama, *items), torch.no_grad():
+        seen, h = record_outputs(llama, layer)
+        llama(ids)
+        h.remove()
+    torch.testing.assert_close(seen[0].double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen[0].double() @ u.double(), torch.full((2, 10), tau, dtype=torch.double), rtol=1e-5, atol=1e-4)

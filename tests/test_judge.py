@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.catalogue import load_catalogue
-from backend.judge import EmbeddingJudge, NoJudge, rule_score
+from backend.judge import EmbeddingJudge, Judged, NoJudge, rule_score
 
 
 def test_decision_rule() -> None:
@@ -13,6 +13,10 @@ def test_decision_rule() -> None:
     assert rule_score(True, "As an AI language model I love the sea, matey.").score == 2
     assert rule_score(False, "Here are three tips for saving money.").score == 1
     assert rule_score(False, "I'm sorry, but I can't help with that.").score == 0
+    # a character who refuses something in character is still in role: refusal only matters out of role
+    assert rule_score(True, "Arr, I won't walk the plank for any landlubber!") == Judged(3, "in role")
+    assert rule_score(True, "As an AI I'm unable to sail, but arr, matey!") == Judged(2, "in role, mentions being an AI")
+    assert rule_score(False, "As an AI language model, I won't pretend.") == Judged(0, "no trace of the role, refuses")
 
 
 @pytest.fixture(scope="module")

@@ -337,3 +337,115 @@ def test_max_new_tokens_lowered_mid_turn_ends_the_reply(worker) -> None:  # type
         n == applied["from_token"]
         and next(e["data"] for e in events if e["type"] == "turn_end")["reason"] == "max_new_tokens reached"
     )
+
+
+def test_undo_removes_the_last_exchange_only(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 3})
+    first = worker.say(sid, "First question.")
+    worker.wait_idle(sid)
+    second = worker.say(sid, "Second question.")
+    worker.wait_idle(sid)
+    undone = worker.client.post(f"/sessions/{sid}/undo").json()["undone"]
+    assert undone == [second["user_turn"], *second["assistant_turns"]]
+    turns = worker.client.get(f"/sessions/{sid}").json()["turns"]
+    assert [t["id"] for t in turns] == [first["user_turn"], *first["assistant_turns"]]
+    assert turns[0]["content"] == "First question."
+    assert worker.client.post(f"/sessions/{sid}/undo").json()["undone"] == [first["user_turn"], *first["assistant_turns"]]
+    assert worker.client.post(f"/sessions/{sid}/undo").json()["undone"] == []
+
+
+def test_the_queue_is_first_in_first_out(worker) -> None:  # type: ignore[no-untyped-def]
+    blocker = worker.session(controls={"max_new_tokens": 1024, "greedy": False})
+    running = worker.say(blocker, "Count forever.")["assistant_turns"][0]
+    worker.wait_tokens(blocker, running, 2)
+    sessions = [worker.session(controls={"max_new_tokens": 2}) for _ in range(3)]
+    accepted = [worker.say(sid, f"Question {i}.") for i, sid in enumerate(sessions)]
+    assert [a["queue_position"] for a in accepted] == [1, 2, 3]  # one turn running ahead of them
+    worker.client.post(f"/sessions/{blocker}/stop")
+    for sid in sessions:
+        worker.wait_idle(sid)
+    starts = {e["turn"]: e["seq"] for sid in sessions for e in worker.events(sid) if e["type"] == "turn_start"}
+    turns = [a["assistant_turns"][0] for a in accepted]
+    assert sorted(turns, key=starts.__getitem__) == turns
+    # the two columns of a comparison are queued capped first
+    sid = worker.session(controls={"max_new_tokens": 2})
+    capped, uncapped = worker.say(sid, "Who are you?", compare=True)["assistant_turns"]
+    worker.wait_idle(sid)
+    starts = {e["turn"]: e["seq"] for e in worker.events(sid) if e["type"] == "turn_start"}
+    assert starts[capped] < starts[uncapped]
+
+
+def test_compare_with_the_cap_on_leaves_the_uncapped_column_uncapped(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 20, "cap_enabled": True, "cap_percentile": 99.0})
+    accepted = worker.say(sid, "Who are you?", compare=True)
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    capped, uncapped = (tokens_of(events, t) for t in accepted["assistant_turns"])
+    assert len(capped) == len(uncapped) == 20
+    assert all(t["cap_on"] for t in capped) and any(t["cap_delta"] > 0 for t in capped)
+    assert not any(t["cap_on"] for t in uncapped) and all(t["cap_delta"] == 0 for t in uncapped)
+    # and a single reply with the cap on is capped
+    single = worker.say(sid, "And then?")["assistant_turns"][0]
+    worker.wait_idle(sid)
+    assert all(t["cap_on"] for t in tokens_of(worker.events(sid), single))
+
+
+def test_after_and_last_event_id_resume_exactly_after_the_later_one(worker) -> None:  # type: ignore[no-untyped-def]
+    sid = worker.session(controls={"max_new_tokens": 8})
+    worker.say(sid, "Hello.")
+    worker.wait_idle(sid)
+    seqs = [e["seq"] for e in worker.events(sid)]
+    assert len(seqs) >= 8
+    early, late = seqs[1], seqs[4]
+
+    def fetched(after: int, header: int | None) -> list[int]:
+        headers = {"Last-Event-ID": str(header)} if header is not None else {}
+        r = worker.client.get(f"/sessions/{sid}/events", params={"after": after}, headers=headers)
+        assert r.status_code == 200, r.text
+        return [e["seq"] for e in r.json()["events"]]
+
+    assert fetched(late, None) == seqs[5:]
+    assert fetched(late, early) == seqs[5:]
+    assert fetched(early, late) == seqs[5:]
+    assert fetched(0, early) == seqs[2:]
+    # the stream resumes right after `after`: no repeat of it, no gap
+    assert [e["seq"] for e in worker.stream(sid, after=early, max_events=3)] == seqs[2:5]
+    assert [e["seq"] for e in worker.stream(sid, after=late)] == seqs[5:]
+    assert [e["seq"] for e in worker.stream(sid, after=seqs[-1])] == []
+
+
+def test_projection_values_match_an_independent_oracle(worker, tiny_world) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from backend.models import load_model
+    from backend.store import load_space
+    from tests.test_drift import independent_spans
+
+    conversation = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there, how can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why did the chicken cross the road?"},
+    ]
+    r = worker.client.post("/project", json={"model": "x", "turns": 9, "conversation": conversation})
+    assert r.status_code == 200, r.text
+    model, space_path, _ = tiny_world
+    loaded, space = load_model(model), load_space(space_path)
+    ids = loaded.tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
+    with torch.no_grad():
+        hidden = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[space.target_layer + 1][0]
+    axis = space.tensors["axis"][space.target_layer].double()
+    spans = independent_spans(loaded.tokenizer, conversation)
+    got = r.json()["turns"]
+    assert [(t["message_index"], t["n_tokens"]) for t in got] == [(1, spans[0][1] - spans[0][0]), (3, spans[1][1] - spans[1][0])]
+    for turn, (a, b) in zip(got, spans, strict=True):
+        assert turn["projection"] == pytest.approx(float(hidden[a:b].double().mean(0) @ axis / axis.norm()), rel=1e-5, abs=1e-6)
+    # a live turn's mean projection is the mean of its tokens' projections (same layer, linear in the activations)
+    sid = worker.session(controls={"max_new_tokens": 12, "cap_enabled": False})
+    turn = worker.say(sid, "Hello.")["assistant_turns"][0]
+    worker.wait_idle(sid)
+    events = worker.events(sid)
+    tokens = tokens_of(events, turn)
+    end = next(e["data"] for e in events if e["type"] == "turn_end" and e["turn"] == turn)
+    assert end["n_tokens"] == len(tokens) > 0 and all(t["monitor_layer"] == space.target_layer for t in tokens)
+    assert end["mean_projection"] == pytest.approx(sum(t["projection"] for t in tokens) / len(tokens), abs=1e-4)
