@@ -248,6 +248,7 @@ def test_cli_projects_a_set_with_windows(tiny_world, tmp_path) -> None:  # type:
 # the embedded model ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(1500)  # about 2 minutes on 2 idle cores; much more when the machine is shared
 def test_a_30k_token_conversation_projects_with_the_embedded_model(smollm) -> None:  # type: ignore[no-untyped-def]
     space = load_space(ROOT / "cached_activations" / "smollm2-135m", fingerprint=smollm.info.fingerprint)
     messages = conversation(275, seed=11, words=(30, 60))
