@@ -176,3 +176,8 @@ def transcript_chart(result: dict[str, Any], summary: dict[str, Any] | None = No
     fig.update_layout(height=340, title=f"Drift per assistant turn (layer {result['layer']})", xaxis_title="assistant turn",
                       yaxis_title="projection", template="plotly_white", clickmode="event+select")  # fmt: skip
     return fig
+
+
+def standalone_html(fig: go.Figure) -> str:
+    """The figure as one HTML file that needs no network: plotly.js is embedded, never loaded from a CDN."""
+    return str(fig.to_html(include_plotlyjs=True, full_html=True))

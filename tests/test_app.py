@@ -328,3 +328,11 @@ def test_worker_status_line_follows_start_up_and_the_queue() -> None:
     ready = {"ready": True, "model_name": "M", "device": "cpu", "phase": "ready"}
     assert status_line({**ready, "queue_length": 0})[1].endswith("idle")
     assert status_line({**ready, "queue_length": 2})[1].endswith("generating, 2 turns in the queue")
+
+
+def test_exported_charts_embed_plotly_and_reach_no_network() -> None:
+    from app.charts import standalone_html
+
+    page_html = standalone_html(transcript_chart({"layer": 2, "turns": [{"index": 0, "projection": 1.0}]}))
+    assert "<script src=" not in page_html and 'src="https://cdn' not in page_html  # no script fetched
+    assert "Plotly.newPlot" in page_html and len(page_html) > 1_000_000  # plotly.js itself is inside
