@@ -289,10 +289,3 @@ def smoothing_control(prefix: str) -> None:
         "Smoothing (moving average over tokens)", options=[1, 3, 5, 9, 15], value=5, key=f"{prefix}_smooth",
         help="Window of the smoothed line drawn over the raw per-token points (1 = no smoothing).",
     )  # fmt: skip
-
-
-def conversation_view(prefix: str, summary: dict[str, Any]) -> None:
-    """Draw the chat, the per-token chart, the per-turn chart and the trajectory from the event log."""
-    conv = refresh(prefix)
-    messages_view(conv)
-    charts_view(prefix, conv, summary)

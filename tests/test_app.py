@@ -336,3 +336,21 @@ def test_exported_charts_embed_plotly_and_reach_no_network() -> None:
     page_html = standalone_html(transcript_chart({"layer": 2, "turns": [{"index": 0, "projection": 1.0}]}))
     assert "<script src=" not in page_html and 'src="https://cdn' not in page_html  # no script fetched
     assert "Plotly.newPlot" in page_html and len(page_html) > 1_000_000  # plotly.js itself is inside
+
+
+def test_demo_reopened_from_its_link_resumes_the_scenario_paused(tiny_space) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeClient()
+    at = page("demo", fake).run()
+    at.button(key="demo_start_coding").click().run()
+    at.run()
+    sid = at.session_state["demo_state"]["sid"]
+    posted = len([c for c in fake.calls if c[0] == "post_message"])
+    assert at.query_params["demo"] in (sid, [sid]) and posted >= 2
+    again = page("demo", fake)
+    again.query_params["demo"] = sid
+    again.run()
+    assert not again.exception, again.exception
+    scenario = json.loads((ROOT / "assets" / "scenarios" / "coding.json").read_text())
+    assert again.info[0].value == scenario["presenter_note"] and again.button(key="demo_play").label == "Resume"
+    assert again.session_state["demo_state"]["next"] == posted  # resumes after the turns already in the log
+    assert len([c for c in fake.calls if c[0] == "post_message"]) == posted  # paused: nothing sent by reopening
