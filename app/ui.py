@@ -73,7 +73,7 @@ def status_line(health: dict[str, Any] | str) -> tuple[str, str]:
     if not health.get("ready"):
         return "warning", f"Worker starting: {health.get('phase') or health.get('status') or 'starting'}…"
     queue = int(health.get("queue_length") or 0)
-    busy = f"generating, {queue} turn{'s' if queue != 1 else ''} in the queue" if queue else "idle"
+    busy = f"busy: {queue} turn{'s' if queue != 1 else ''} running or queued" if queue else "idle"
     phase = f" · {health['phase']}" if health.get("phase") not in (None, "ready") else ""
     return "success", f"Worker ready: {health.get('model_name', health.get('model'))} on {health.get('device')} · {busy}{phase}"
 

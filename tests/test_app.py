@@ -327,7 +327,7 @@ def test_worker_status_line_follows_start_up_and_the_queue() -> None:
     assert status_line({"ready": False, "error": "boom"})[0] == "error"
     ready = {"ready": True, "model_name": "M", "device": "cpu", "phase": "ready"}
     assert status_line({**ready, "queue_length": 0})[1].endswith("idle")
-    assert status_line({**ready, "queue_length": 2})[1].endswith("generating, 2 turns in the queue")
+    assert status_line({**ready, "queue_length": 2})[1].endswith("busy: 2 turns running or queued")
 
 
 def test_exported_charts_embed_plotly_and_reach_no_network() -> None:

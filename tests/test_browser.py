@@ -240,6 +240,7 @@ def test_no_request_leaves_the_machine(servers, browser) -> None:  # type: ignor
     page.get_by_role("button", name="Start").first.click()
     page.locator("text=Per-turn projection").first.wait_for(timeout=120_000)
     time.sleep(2)
+    screenshot(page, "demo-running")
     own = {f"127.0.0.1:{servers.app_port}", f"127.0.0.1:{servers.worker_port}"}
     assert log.urls and log.hosts() <= own, sorted(log.hosts() - own)
     page.close()
