@@ -59,7 +59,8 @@ def stop() -> None:
         call(client().stop, s["sid"])
 
 
-cols = st.columns(len(scenarios))
+chooser = st.expander("Scenarios", expanded=not s.get("scenario"))  # folded while one plays: the charts stay in view
+cols = chooser.columns(len(scenarios))
 for col, scenario in zip(cols, scenarios.values(), strict=True):
     with col.container(border=True):
         st.markdown(f"**{scenario['title']}**")
