@@ -54,12 +54,11 @@ def widget_values(controls: dict[str, Any], summary: dict[str, Any]) -> dict[str
     filled = dict(controls)
     if not filled.get("cap_layers"):
         filled["cap_layers"] = summary.get("cap_window") or [n // 2, n]
-    out = {
+    return {
         name: to_widget(filled.get(field))
         for name, (field, to_widget, _) in WIDGETS.items()
         if field != "repetition_penalty" or field in controls
     }
-    return out
 
 
 def sync_widgets(prefix: str, summary: dict[str, Any]) -> None:
