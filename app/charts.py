@@ -112,29 +112,6 @@ def variance_figure(summary: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def token_strip(conv: Conversation, summary: dict[str, Any] | None) -> go.Figure:
-    """Per-token projection of the latest exchange (one line per variant), control changes as dashed lines."""
-    fig = go.Figure()
-    if conv.exchanges:
-        ex = conv.exchanges[-1]
-        for variant, reply in ex.replies.items():
-            toks = reply.tokens
-            fig.add_trace(
-                go.Scatter(
-                    x=[t["index"] for t in toks], y=[t["projection"] for t in toks], mode="lines+markers", name=variant,
-                    line={"color": VARIANT_COLORS.get(variant)}, marker={"size": [7 if t.get("cap_delta", 0) > 0 else 4 for t in toks]},
-                    text=[html.escape(t.get("text", "")) for t in toks], hovertemplate="token %{x}: '%{text}'<br>projection %{y:.2f}<extra></extra>",
-                )
-            )  # fmt: skip
-            for mark in reply.control_marks:
-                fig.add_vline(x=mark - 0.5, line_dash="dash", line_color="gray", annotation_text="controls changed")
-    if summary:
-        fig.add_hline(y=summary["assistant"]["projection"], line_dash="dot", line_color="green", annotation_text=ASSISTANT_LABEL)
-    fig.update_layout(height=260, title="Per-token projection (latest reply)", xaxis_title="token", yaxis_title="projection",
-                      template="plotly_white", margin={"t": 40, "b": 30})  # fmt: skip
-    return fig
-
-
 def turn_chart(conv: Conversation, summary: dict[str, Any] | None) -> go.Figure:
     rows = per_turn_rows(conv)
     fig = go.Figure()
@@ -199,3 +176,8 @@ def transcript_chart(result: dict[str, Any], summary: dict[str, Any] | None = No
     fig.update_layout(height=340, title=f"Drift per assistant turn (layer {result['layer']})", xaxis_title="assistant turn",
                       yaxis_title="projection", template="plotly_white", clickmode="event+select")  # fmt: skip
     return fig
+
+
+def standalone_html(fig: go.Figure) -> str:
+    """The figure as one HTML file that needs no network: plotly.js is embedded, never loaded from a CDN."""
+    return str(fig.to_html(include_plotlyjs=True, full_html=True))

@@ -55,6 +55,10 @@ class WorkerClient:
     def session(self, sid: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/sessions/{sid}"))
 
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every stored session, newest first: id, created (unix time), title, number of turns."""
+        return list(self._call("GET", "/sessions")["sessions"])
+
     def post_message(self, sid: str, content: str, compare: bool = False) -> dict[str, Any]:
         return dict(self._call("POST", f"/sessions/{sid}/messages", json={"content": content, "compare": compare}))
 

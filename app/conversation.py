@@ -16,6 +16,8 @@ class Reply:
     tokens: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     control_marks: list[int] = field(default_factory=list)  # token indexes where new controls applied
+    control_versions: list[int] = field(default_factory=list)  # the controls version applied at each mark
+    controls_version: int | None = None  # the version in force when the reply started
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Conversation:
     exchanges: list[Exchange] = field(default_factory=list)
     last_seq: int = 0
     errors: list[str] = field(default_factory=list)
+    controls: dict[int, dict[str, Any]] = field(default_factory=dict)  # controls version -> the controls
 
     def reply(self, turn: int) -> Reply | None:
         for ex in self.exchanges:
@@ -59,7 +62,9 @@ def apply_events(conv: Conversation, events: list[dict[str, Any]]) -> Conversati
             continue
         conv.last_seq = event["seq"]
         kind, data = event["type"], event["data"]
-        if kind == "turn_created":
+        if kind in ("session_created", "controls") and isinstance(data.get("controls"), dict):
+            conv.controls[int(data.get("controls_version", 0))] = data["controls"]
+        elif kind == "turn_created":
             if data["role"] == "user":
                 conv.exchanges.append(Exchange(user_turn=data["turn"], user_text=data.get("content", "")))
             else:
@@ -72,6 +77,8 @@ def apply_events(conv: Conversation, events: list[dict[str, Any]]) -> Conversati
             reply = conv.reply(event["turn"])
             if reply:
                 reply.status = "running"
+                if data.get("controls_version") is not None:
+                    reply.controls_version = int(data["controls_version"])
         elif kind == "token":
             reply = conv.reply(data["turn"])
             if reply:
@@ -82,6 +89,7 @@ def apply_events(conv: Conversation, events: list[dict[str, Any]]) -> Conversati
             reply = conv.reply(data["turn"])
             if reply:
                 reply.control_marks.append(int(data["from_token"]))
+                reply.control_versions.append(int(data.get("controls_version", -1)))
         elif kind in ("turn_end", "turn_incomplete"):
             reply = conv.reply(event["turn"])
             if reply:

@@ -11,13 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # pages import `app` and `backend` from the repository root
     sys.path.insert(0, str(ROOT))
 
-st.set_page_config(page_title="Persona Space", page_icon=":material/explore:", layout="wide")
+# The favicon is a file of ours, served by the app. (A ":material/...:" icon makes the favicon a request to
+# fonts.gstatic.com, and an emoji needs an emoji font the machine may lack: nothing may leave the machine.)
+st.set_page_config(page_title="Persona Space", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 pages = [
-    st.Page(str(ROOT / "app" / "views" / "space.py"), title="Persona space", icon=":material/explore:", default=True),
-    st.Page(str(ROOT / "app" / "views" / "chat.py"), title="Live chat", icon=":material/chat:", url_path="chat"),
-    st.Page(
-        str(ROOT / "app" / "views" / "transcripts.py"), title="Transcripts", icon=":material/description:", url_path="transcripts"
-    ),
-    st.Page(str(ROOT / "app" / "views" / "demo.py"), title="Demo", icon=":material/slideshow:", url_path="demo"),
+    st.Page(str(ROOT / "app" / "views" / "space.py"), title="Persona space", default=True),
+    st.Page(str(ROOT / "app" / "views" / "chat.py"), title="Live chat", url_path="chat"),
+    st.Page(str(ROOT / "app" / "views" / "transcripts.py"), title="Transcripts", url_path="transcripts"),
+    st.Page(str(ROOT / "app" / "views" / "demo.py"), title="Demo", url_path="demo"),
 ]
 st.navigation(pages).run()

@@ -56,21 +56,45 @@ def load_space(layer: int | None = None) -> dict[str, Any] | None:
         return None
 
 
-def worker_status() -> dict[str, Any] | None:
-    """Health of the worker, shown in the sidebar; ``None`` when it is down or still loading."""
+def read_health() -> dict[str, Any] | str:
+    """The worker's ``/health``, or why it cannot be read."""
     try:
-        health = client().health()
+        return dict(client().health())
     except WorkerUnavailable as exc:
-        st.sidebar.error(f"Worker down: {exc}")
-        return None
+        return str(exc)
+
+
+def status_line(health: dict[str, Any] | str) -> tuple[str, str]:
+    """(level, text) of the sidebar's worker line: ``success``, ``warning`` or ``error``."""
+    if isinstance(health, str):
+        return "warning", f"Worker not reachable yet (`make run` starts it; this line updates by itself): {health}"
+    if health.get("error"):
+        return "error", f"Worker failed: {health['error']}"
     if not health.get("ready"):
-        detail = health.get("error") or health.get("status", "starting")
-        st.sidebar.warning(f"Worker not ready: {detail}")
-        return None
-    st.sidebar.success(
-        f"Worker ready: {health.get('model_name', health.get('model'))} on {health.get('device')}, queue {health.get('queue_length', 0)}"
-    )
-    return health
+        return "warning", f"Worker starting: {health.get('phase') or health.get('status') or 'starting'}…"
+    queue = int(health.get("queue_length") or 0)
+    busy = f"busy: {queue} turn{'s' if queue != 1 else ''} running or queued" if queue else "idle"
+    phase = f" · {health['phase']}" if health.get("phase") not in (None, "ready") else ""
+    return "success", f"Worker ready: {health.get('model_name', health.get('model'))} on {health.get('device')} · {busy}{phase}"
+
+
+@st.fragment(run_every=2.0)
+def _status_panel(was_ready: bool) -> None:
+    health = read_health()
+    level, text = status_line(health)
+    getattr(st, level)(text)
+    ready = isinstance(health, dict) and bool(health.get("ready"))
+    if ready != was_ready:  # the worker came up (or went away): redraw the whole page
+        st.rerun()
+
+
+def worker_status() -> dict[str, Any] | None:
+    """Health of the worker, shown in the sidebar and refreshed every 2 s by itself; ``None`` until it is ready."""
+    health = read_health()
+    ready = isinstance(health, dict) and bool(health.get("ready"))
+    with st.sidebar:
+        _status_panel(ready)
+    return health if ready and isinstance(health, dict) else None
 
 
 def call(fn: Any, *args: Any, **kwargs: Any) -> Any:

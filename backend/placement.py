@@ -3,10 +3,14 @@
 PCA coordinates come straight from the stored components; UMAP coordinates through ``transform`` of a UMAP
 refitted, with the stored settings and seed, on the stored role vectors (no pickles are ever read). The refit is
 checked against the stored layout. Nearest archetypes are by cosine similarity at the target layer.
+
+The refit and numba's compilation take most of a worker's start-up, so ``warm_up`` runs them in a background thread:
+the worker is ready to stream tokens at once, and a turn's placement waits for the map only if it is still being built.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -16,6 +20,8 @@ import torch
 from backend.axis import project
 from backend.errors import SpaceError
 from backend.store import Space
+
+log = logging.getLogger("persona_space.worker")
 
 
 class Placement:
@@ -30,6 +36,26 @@ class Placement:
         self._reducers: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.umap_max_error: dict[int, float] = {}
+        self._warming: threading.Thread | None = None
+
+    def warm_up(self, dims: tuple[int, ...] = (2, 3)) -> threading.Thread:
+        """Refit the UMAPs in the background (an optimisation: ``reducer`` builds one on first use otherwise)."""
+
+        def run() -> None:
+            for dim in dims:
+                try:
+                    self.reducer(dim)
+                except Exception:  # placement retries on use and reports the error with the turn
+                    log.exception("UMAP %dD warm-up failed", dim)
+
+        self._warming = threading.Thread(target=run, name="umap-warm-up", daemon=True)
+        self._warming.start()
+        return self._warming
+
+    @property
+    def phase(self) -> str:
+        """``building the map`` while the UMAP warm-up runs, ``ready`` after."""
+        return "building the map" if self._warming is not None and self._warming.is_alive() else "ready"
 
     def pca(self, vector: torch.Tensor, layer: int | None = None, k: int = 3) -> list[float]:
         layer = self.layer if layer is None else layer

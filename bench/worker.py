@@ -1,5 +1,6 @@
 """Worker throughput: tokens/s streamed over HTTP (server-sent events) vs in-process generation with the same
-hooks, time to first token, and how many tokens pass between a control change and its effect.
+hooks, time to first token, how many tokens pass between a control change and its effect, and the worker's warm
+start (process started -> /health ready, ``ready_s``).
 
 Both paths run the worker's own engine on the embedded default and its shipped space, with the cap on
 (p75, the space's cap window) and the monitor at the target layer; runs alternate. The last line is JSON.
@@ -41,14 +42,18 @@ def main() -> None:
     tokens = args.tokens or (48 if args.quick else 128)
     controls = {"cap_enabled": True, "cap_percentile": 75.0, "max_new_tokens": tokens, "greedy": False, "seed": 1}
 
+    tmp = Path(tempfile.mkdtemp())
+    # Warm start of the worker (the model already converted in the cache), first, alone on the machine: process
+    # started -> /health ready.
+    spawned = time.perf_counter()
+    worker = Worker(args.model, Path(args.space), tmp / "http.sqlite3")
+    worker.wait_ready()
+    ready_s = time.perf_counter() - spawned
     loaded = load_model(args.model)
     space = load_space(args.space, fingerprint=loaded.info.fingerprint)
-    tmp = Path(tempfile.mkdtemp())
     engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"))
     engine.start()
     engine.ready.wait()
-    worker = Worker(args.model, Path(args.space), tmp / "http.sqlite3")
-    worker.wait_ready()
 
     def inproc() -> float:
         n, t0 = 0, time.perf_counter()
@@ -118,6 +123,7 @@ def main() -> None:
                 "ttft_s": round(statistics.median(ttfts), 3),
                 "control_latency_tokens": max(latency) if latency else None,
                 "control_latency_samples": latency,
+                "ready_s": round(ready_s, 2),
             }
         )
     )

@@ -96,3 +96,33 @@ def plot_points(page: Any, index: int = 0) -> int:
 def screenshot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def trace(page: Any, name: str) -> dict[str, list[Any]] | None:
+    """The x and y of the first plotly trace called ``name`` on the page (None when there is none)."""
+    found = page.evaluate(
+        """(name) => {
+            for (const g of document.querySelectorAll('.js-plotly-plot')) {
+                for (const t of (g.data || [])) {
+                    if (t.name === name) return {x: Array.from(t.x || []), y: Array.from(t.y || [])};
+                }
+            }
+            return null;
+        }""",
+        name,
+    )
+    return found if isinstance(found, dict) else None
+
+
+class NetworkLog:
+    """Every address a page contacts (HTTP requests and websockets), recorded from the moment it is attached."""
+
+    def __init__(self, page: Any) -> None:
+        self.urls: list[str] = []
+        page.on("request", lambda request: self.urls.append(str(request.url)))
+        page.on("websocket", lambda ws: self.urls.append(str(ws.url)))
+
+    def hosts(self) -> set[str]:
+        from urllib.parse import urlsplit
+
+        return {urlsplit(u).netloc for u in self.urls if urlsplit(u).scheme not in ("data", "blob", "about")}

@@ -9,8 +9,11 @@ from app.client import WorkerError
 
 
 class FakeClient:
-    def __init__(self, ready: bool = True, reply: str = "Hello there, I am a helpful assistant.") -> None:
+    def __init__(
+        self, ready: bool = True, reply: str = "Hello there, I am a helpful assistant.", repetition_penalty: bool = False
+    ) -> None:
         self.ready = ready
+        self.repetition_penalty = repetition_penalty  # a worker that knows the control (default 1.15)
         self.reply = reply
         self.calls: list[tuple[str, Any]] = []
         self.sessions: dict[str, dict[str, Any]] = {}
@@ -26,6 +29,7 @@ class FakeClient:
         return {
             "ready": self.ready,
             "status": "ready" if self.ready else "loading model",
+            "phase": "ready" if self.ready else "loading model",
             "model_name": "Fake",
             "device": "cpu",
             "queue_length": 0,
@@ -36,14 +40,32 @@ class FakeClient:
     ) -> dict[str, Any]:
         sid = f"{len(self.sessions) + 1:016x}"
         merged = {"cap_enabled": False, "cap_percentile": 75.0, "cap_layers": [2, 3], "steer_coefficient": 0.0,
-                  "greedy": True, "seed": 0, "max_new_tokens": 32, **(controls or {})}  # fmt: skip
+                  "greedy": True, "seed": 0, "max_new_tokens": 32}  # fmt: skip
+        if self.repetition_penalty:
+            merged["repetition_penalty"] = 1.15
+        merged.update(controls or {})
         self.sessions[sid] = {"id": sid, "system": system, "controls": merged, "controls_version": 0, "title": title}
         self.log[sid] = []
+        self._event(sid, None, "session_created", {"system": system, "controls": merged, "controls_version": 0})
         self.calls.append(("create_session", (system, controls)))
         return dict(self.sessions[sid])
 
     def session(self, sid: str) -> dict[str, Any]:
+        self.calls.append(("session", sid))
+        if sid not in self.sessions:
+            raise WorkerError(f"no session {sid}")
         return dict(self.sessions[sid])
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": sid,
+                "created": float(n),
+                "title": s["title"],
+                "turns": sum(1 for e in self.log[sid] if e["type"] == "turn_created"),
+            }
+            for n, (sid, s) in enumerate(self.sessions.items())
+        ][::-1]
 
     def post_message(self, sid: str, content: str, compare: bool = False) -> dict[str, Any]:
         self.calls.append(("post_message", (sid, content, compare)))
@@ -79,9 +101,12 @@ class FakeClient:
         self.calls.append(("patch_controls", changes))
         if "cap_percentile" in changes and not 0 <= changes["cap_percentile"] <= 100:
             raise WorkerError("invalid request: cap_percentile: must be in [0, 100]")
+        if "repetition_penalty" in changes and not self.repetition_penalty:
+            raise WorkerError("invalid request: repetition_penalty: Extra inputs are not permitted")
         session = self.sessions[sid]
         session["controls"] = {**session["controls"], **changes}
         session["controls_version"] += 1
+        self._event(sid, None, "controls", {"controls": session["controls"], "controls_version": session["controls_version"]})
         return {"controls": session["controls"], "controls_version": session["controls_version"]}
 
     def stop(self, sid: str) -> dict[str, Any]:
@@ -93,10 +118,20 @@ class FakeClient:
         return {"undone": []}
 
     def export(self, sid: str) -> dict[str, Any]:
+        if sid not in self.sessions:
+            raise WorkerError(f"no session {sid}")
         return {"format": "persona-space-session", "session": self.sessions[sid], "turns": [], "events": self.log[sid]}
 
     def import_session(self, data: dict[str, Any]) -> dict[str, Any]:
-        return self.create_session()
+        self.calls.append(("import_session", None))
+        if data.get("format") != "persona-space-session":
+            raise WorkerError("not a Persona Space session export (expected format 'persona-space-session')")
+        created = self.create_session(data["session"].get("system"), data["session"]["controls"], data["session"].get("title"))
+        sid = created["id"]
+        self.log[sid] = []
+        for event in data["events"]:
+            self._event(sid, event["turn"], event["type"], dict(event["data"]))
+        return created
 
     def project(self, conversation: Any, layer: int | None = None) -> dict[str, Any]:
         self.calls.append(("project", layer))

@@ -14,8 +14,9 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.charts import persona_map, token_strip, transcript_chart, turn_chart
+from app.charts import persona_map, transcript_chart, turn_chart
 from app.conversation import Conversation, apply_events
+from app.live_charts import control_changes, describe_change, live_token_figure, moving_average, token_series
 from app.ui import plain
 from tests.fake_client import FakeClient
 from tests.worker_harness import ROOT
@@ -92,7 +93,7 @@ def test_chat_streams_and_the_cap_slider_reaches_the_worker(tiny_space) -> None:
 def test_chat_when_the_worker_is_loading(tiny_space) -> None:  # type: ignore[no-untyped-def]
     at = page("chat", FakeClient(ready=False)).run()
     assert not at.exception
-    assert "Worker not ready" in at.sidebar.warning[0].value
+    assert "Worker starting: loading model" in at.sidebar.warning[0].value
     assert "make run" in at.info[0].value
 
 
@@ -126,10 +127,28 @@ def test_demo_replays_a_scenario_capped_and_uncapped(tiny_space) -> None:  # typ
     scenario = json.loads((ROOT / "assets" / "scenarios" / "coding.json").read_text())
     assert [p[1][1] for p in posts] == scenario["turns"][: len(posts)] and len(posts) >= 2
     assert at.info[0].value == scenario["presenter_note"]  # the presenter note is shown
+    assert at.button(key="demo_play").label == "Pause"
     at.button(key="demo_play").click().run()  # pause
+    assert at.button(key="demo_play").label == "Resume"  # the button says what it will do next
     n = len([c for c in fake.calls if c[0] == "post_message"])
     at.run()
     assert len([c for c in fake.calls if c[0] == "post_message"]) == n
+    at.button(key="demo_play").click().run()
+    assert at.button(key="demo_play").label == "Pause"
+    assert not [s for s in at.slider if s.key == "demo_rep"]  # the worker does not know the control
+
+
+def test_repetition_penalty_is_offered_only_when_the_worker_has_it(tiny_space) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeClient(repetition_penalty=True)
+    at = page("chat", fake).run()
+    assert at.slider(key="chat_rep").value == 1.15
+    at.slider(key="chat_rep").set_value(1.3).run()
+    assert {"repetition_penalty": 1.3} in [c[1] for c in fake.calls if c[0] == "patch_controls"]
+    demo = page("demo", fake).run()
+    demo.button(key="demo_start_coding").click().run()
+    assert demo.slider(key="demo_rep").value == 1.15 and not demo.exception
+    old = page("chat", FakeClient()).run()
+    assert not [s for s in old.slider if s.key == "chat_rep"]  # an older worker: no slider, nothing it would refuse
 
 
 def test_chat_page_against_the_real_worker(worker, tiny_space, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -173,7 +192,7 @@ def test_figures_hold_the_data() -> None:
         {"seq": 5, "turn": 2, "type": "token", "data": {"turn": 2, "index": 1, "text": "DUPLICATE", "projection": 9}},
     ])  # fmt: skip
     assert conv.exchanges[0].replies["single"].text == "xy" and not conv.busy
-    strip = token_strip(conv, summary)
+    strip = live_token_figure(conv, summary, window=1)
     assert list(strip.data[0].y) == [1.5, 2.5] and any(s.x0 == 0.5 for s in strip.layout.shapes)
     assert list(turn_chart(conv, summary).data[0].y) == [2.0]
     result = {
@@ -213,3 +232,147 @@ def test_events_repeated_on_reconnect_are_applied_once() -> None:
     assert reply.text == "abc" and [t["index"] for t in reply.tokens] == [0, 1, 2] and conv.last_seq == 5
     apply_events(conv, created)  # the whole log from the start: nothing new
     assert len(conv.exchanges) == 1 and len(conv.exchanges[0].replies) == 1 and reply.text == "abc"
+
+
+def test_chat_import_then_a_control_change_reaches_the_worker(tiny_space) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeClient()
+    at = page("chat", fake).run()
+    sid = at.session_state["chat_state"]["sid"]
+    at.chat_input(key="chat_input").set_value("Who are you?").run()
+    fake.patch_controls(sid, cap_percentile=90.0, cap_enabled=True, steer_coefficient=0.5)
+    exported = json.dumps(fake.export(sid)).encode()
+    at.file_uploader(key="chat_import").set_value(("s.json", exported, "application/json")).run()
+    at.button(key="chat_import_go").click().run()
+    assert not at.exception, at.exception
+    imported = at.session_state["chat_state"]["sid"]
+    assert imported != sid
+    # every control widget shows the imported controls
+    assert at.toggle(key="chat_cap_on").value is True
+    assert at.slider(key="chat_cap_pct").value == 90.0 and at.slider(key="chat_steer").value == 0.5
+    at.run()
+    assert "Who are you?" in texts(at)  # the conversation came back
+    at.toggle(key="chat_cap_on").set_value(False).run()
+    assert not at.exception, at.exception
+    assert fake.sessions[imported]["controls"]["cap_enabled"] is False
+
+
+def test_chat_session_survives_a_refresh_and_reopens_from_the_list(tiny_space) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeClient()
+    at = page("chat", fake).run()
+    sid = at.session_state["chat_state"]["sid"]
+    assert at.query_params["session"] in (sid, [sid])  # the URL names the session
+    at.chat_input(key="chat_input").set_value("Remember me").run()
+    fake.patch_controls(sid, cap_percentile=33.0)
+    # a refresh: a new browser session with the same URL
+    again = page("chat", fake)
+    again.query_params["session"] = sid
+    again.run()
+    assert not again.exception, again.exception
+    assert again.session_state["chat_state"]["sid"] == sid
+    assert "Remember me" in texts(again) and again.slider(key="chat_cap_pct").value == 33.0
+    # a new session, then the earlier one from the sidebar list
+    again.button(key="chat_new").click().run()
+    new = again.session_state["chat_state"]["sid"]
+    assert new != sid and again.query_params["session"] in (new, [new])
+    assert "Remember me" not in texts(again)
+    again.selectbox(key="chat_pick").set_value(sid).run()
+    again.button(key="chat_open").click().run()
+    assert again.session_state["chat_state"]["sid"] == sid and "Remember me" in texts(again)
+    # a link to a session the worker does not have says so and starts afresh
+    gone = page("chat", fake)
+    gone.query_params["session"] = "00000000deadbeef"
+    gone.run()
+    assert not gone.exception and "Cannot reopen session 00000000deadbeef" in gone.sidebar.error[0].value
+
+
+def test_export_reads_what_the_worker_holds_at_click_time() -> None:
+    from app.chat_view import export_json
+
+    fake = FakeClient()
+    sid = fake.create_session()["id"]
+    fake.post_message(sid, "hi")  # after the page was drawn: the export still has it
+    data = json.loads(export_json(fake, sid))
+    assert any(e["type"] == "turn_end" for e in data["events"])
+    assert "failed" in json.loads(export_json(fake, "ffffffffffffffff"))["error"]
+
+
+def test_live_chart_shows_the_cap_at_its_first_layer_and_labels_control_changes() -> None:
+    def token(seq: int, index: int, before: float, tau: float | None, version: int) -> dict:  # type: ignore[type-arg]
+        data = {"turn": 2, "index": index, "text": f"t{index}", "projection": float(index), "controls_version": version,
+                "cap_on": tau is not None, "cap_delta": max(0.0, (tau or 0) - before) if tau is not None else 0.0}  # fmt: skip
+        if tau is not None:
+            data.update(
+                cap_layers=[21, 26], tau=[tau, tau + 1], projection_before_cap=before, projection_after_cap=max(before, tau)
+            )
+        return {"seq": seq, "turn": 2, "type": "token", "data": data}
+
+    base = {"cap_enabled": False, "cap_percentile": 75.0, "cap_layers": [21, 26], "steer_coefficient": 0.0}
+    conv = apply_events(Conversation(), [
+        {"seq": 1, "turn": None, "type": "session_created", "data": {"controls": base, "controls_version": 0}},
+        {"seq": 2, "turn": 1, "type": "turn_created", "data": {"turn": 1, "role": "user", "content": "hi"}},
+        {"seq": 3, "turn": 2, "type": "turn_created", "data": {"turn": 2, "role": "assistant", "variant": "single", "reply_to": 1}},
+        {"seq": 4, "turn": 2, "type": "turn_start", "data": {"turn": 2, "controls_version": 0}},
+        token(5, 0, 3.0, None, 0),
+        {"seq": 6, "turn": None, "type": "controls", "data": {"controls": {**base, "cap_enabled": True}, "controls_version": 1}},
+        {"seq": 7, "turn": 2, "type": "controls_applied", "data": {"turn": 2, "controls_version": 1, "from_token": 1}},
+        token(8, 1, 3.0, 5.0, 1),
+        token(9, 2, 6.0, 5.0, 1),
+        {"seq": 10, "turn": None, "type": "controls", "data": {"controls": {**base, "cap_enabled": True, "cap_percentile": 95.0},
+                                                               "controls_version": 2}},
+        {"seq": 11, "turn": 2, "type": "controls_applied", "data": {"turn": 2, "controls_version": 2, "from_token": 3}},
+        token(12, 3, 4.0, 7.0, 2),
+    ])  # fmt: skip
+    reply = conv.exchanges[0].replies["single"]
+    series = token_series(reply)
+    assert series["before"] == [None, 3.0, 6.0, 4.0] and series["after"] == [None, 5.0, 6.0, 7.0]
+    assert series["tau"] == [None, 5.0, 5.0, 7.0]  # the first capped layer's floor, following the slider
+    assert series["moved"] == [False, True, False, True]
+    assert control_changes(conv, reply) == [(1, "cap on from token 1"), (3, "cap 75→95 from token 3")]
+    fig = live_token_figure(conv, None, window=2)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["monitor"].y) == [0.0, 1.0, 2.0, 3.0]
+    assert list(by_name["monitor, average of 2"].y) == [0.0, 0.5, 1.5, 2.5]
+    assert list(by_name["floor τ"].y) == [None, 5.0, 5.0, 7.0] and list(by_name["moved by the cap"].x) == [1, 3]
+    assert "First capped layer 21" in fig.layout.annotations[1].text
+    assert {a.text for a in fig.layout.annotations} >= {"cap on from token 1", "cap 75→95 from token 3"}
+    assert moving_average([1.0, None, 3.0, 5.0], 2) == [1.0, 1.0, 3.0, 4.0]
+    assert describe_change({"cap_layers": [21, 26], "greedy": True}, {"cap_layers": [18, 26], "greedy": False}) == (
+        "sampling, cap layers 21–26→18–26"
+    )
+
+
+def test_worker_status_line_follows_start_up_and_the_queue() -> None:
+    from app.ui import status_line
+
+    assert status_line("connection refused")[0] == "warning"  # starting up is not an error
+    assert status_line({"ready": False, "phase": "building the map"}) == ("warning", "Worker starting: building the map…")
+    assert status_line({"ready": False, "error": "boom"})[0] == "error"
+    ready = {"ready": True, "model_name": "M", "device": "cpu", "phase": "ready"}
+    assert status_line({**ready, "queue_length": 0})[1].endswith("idle")
+    assert status_line({**ready, "queue_length": 2})[1].endswith("busy: 2 turns running or queued")
+
+
+def test_exported_charts_embed_plotly_and_reach_no_network() -> None:
+    from app.charts import standalone_html
+
+    page_html = standalone_html(transcript_chart({"layer": 2, "turns": [{"index": 0, "projection": 1.0}]}))
+    assert "<script src=" not in page_html and 'src="https://cdn' not in page_html  # no script fetched
+    assert "Plotly.newPlot" in page_html and len(page_html) > 1_000_000  # plotly.js itself is inside
+
+
+def test_demo_reopened_from_its_link_resumes_the_scenario_paused(tiny_space) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeClient()
+    at = page("demo", fake).run()
+    at.button(key="demo_start_coding").click().run()
+    at.run()
+    sid = at.session_state["demo_state"]["sid"]
+    posted = len([c for c in fake.calls if c[0] == "post_message"])
+    assert at.query_params["demo"] in (sid, [sid]) and posted >= 2
+    again = page("demo", fake)
+    again.query_params["demo"] = sid
+    again.run()
+    assert not again.exception, again.exception
+    scenario = json.loads((ROOT / "assets" / "scenarios" / "coding.json").read_text())
+    assert again.info[0].value == scenario["presenter_note"] and again.button(key="demo_play").label == "Resume"
+    assert again.session_state["demo_state"]["next"] == posted  # resumes after the turns already in the log
+    assert len([c for c in fake.calls if c[0] == "post_message"]) == posted  # paused: nothing sent by reopening

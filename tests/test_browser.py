@@ -5,12 +5,14 @@ Screenshots of each page land in artifacts/screenshots/.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import pytest
 
 from backend.space_view import read_space
-from tests.browser import Servers, launch_browser, plot_points, screenshot
+from tests.browser import NetworkLog, Servers, launch_browser, plot_points, screenshot, trace
 from tests.worker_harness import ROOT
 
 SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
@@ -75,7 +77,7 @@ def test_chat_streams_and_the_cap_slider_moves_mid_reply(servers, browser) -> No
     box.fill("Tell me a long story about a lighthouse keeper.")
     box.press("Enter")
     wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 20, timeout=90)
-    page.locator("text=Per-token projection").first.wait_for(timeout=30_000)
+    page.locator("text=projection per token").first.wait_for(timeout=30_000)
     # drag the cap threshold while the reply is streaming
     page.locator("input[type=range][aria-label^='Cap threshold']").focus()
     for _ in range(10):
@@ -90,7 +92,7 @@ def test_chat_streams_and_the_cap_slider_moves_mid_reply(servers, browser) -> No
     )
     final = reply_text(page)
     assert "(stopped)" not in final and len(final) > len(streamed)  # the reply kept streaming
-    assert page.locator("text=controls changed").count() >= 1  # the change is marked on the per-token chart
+    assert page.locator("text=/cap on.*from token/").count() >= 1  # the change is labelled on the per-token chart
     screenshot(page, "live-chat")
     page.close()
 
@@ -121,4 +123,128 @@ def test_transcripts_and_demo_pages_render(servers, browser) -> None:  # type: i
     page.goto(f"{servers.url}/demo")
     page.locator("text=Fixing a Python Script").wait_for(timeout=60_000)
     screenshot(page, "demo")
+    page.close()
+
+
+def worker_events(servers: Servers, sid: str) -> list[dict]:  # type: ignore[type-arg]
+    with urllib.request.urlopen(f"{servers.worker_url}/sessions/{sid}/events") as response:
+        return list(json.loads(response.read())["events"])
+
+
+def session_of(page) -> str:  # type: ignore[no-untyped-def]
+    return str(page.url.split("session=")[1].split("&")[0])
+
+
+def slider_value(page, label: str) -> float:  # type: ignore[no-untyped-def]
+    return float(page.locator(f"input[type=range][aria-label^='{label}']").input_value())
+
+
+def cap_toggle(page):  # type: ignore[no-untyped-def]
+    return page.locator("label:has-text('Cap on') input")
+
+
+def test_a_cap_change_mid_reply_shows_on_the_capped_layer_line_from_the_next_token(servers, browser) -> None:  # type: ignore[no-untyped-def]
+    servers.wait_worker()
+    page = browser.new_page()
+    page.goto(f"{servers.url}/chat")
+    box = page.get_by_placeholder("Say something to the model")
+    box.wait_for(timeout=60_000)
+    time.sleep(1)
+    box.fill("Write a long poem about the sea and the wind.")
+    box.press("Enter")
+    wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 30, timeout=90)
+    assert trace(page, "after cap") is None  # the cap is off: nothing at the capped layer yet
+    page.get_by_text("Cap on").click()
+    tau = wait_until(lambda: trace(page, "floor τ"), timeout=60)
+    sid = session_of(page)
+    applied = wait_until(lambda: [e for e in worker_events(servers, sid) if e["type"] == "controls_applied"], timeout=60)
+    start = applied[0]["data"]["from_token"]
+    first = next(x for x, y in zip(tau["x"], tau["y"], strict=True) if y is not None)
+    assert first == start  # the capped-layer line starts at the very token the worker applied the cap from
+    after = trace(page, "after cap")
+    assert after is not None and all(
+        a >= t - 1e-3 for a, t in zip(after["y"], tau["y"], strict=True) if a is not None and t is not None
+    )  # after the cap, never below the floor
+    screenshot(page, "live-cap")
+    page.close()
+
+
+def test_a_refresh_keeps_the_conversation(servers, browser) -> None:  # type: ignore[no-untyped-def]
+    servers.wait_worker()
+    page = browser.new_page()
+    page.goto(f"{servers.url}/chat")
+    box = page.get_by_placeholder("Say something to the model")
+    box.wait_for(timeout=60_000)
+    time.sleep(1)
+    box.fill("Name three rivers.")
+    box.press("Enter")
+    wait_until(lambda: "session=" in page.url and "Name three rivers." in page.inner_text("body"), timeout=60)
+    sid = session_of(page)
+    wait_until(lambda: page.locator("text=nearest:").count() >= 1, timeout=120)
+    reply = reply_text(page)
+    page.reload()
+    wait_until(lambda: "Name three rivers." in page.inner_text("body") and reply_text(page) == reply, timeout=60)
+    assert session_of(page) == sid
+    page.close()
+
+
+def test_export_then_import_restores_the_conversation_and_the_controls(servers, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    servers.wait_worker()
+    page = browser.new_page()
+    page.goto(f"{servers.url}/chat")
+    box = page.get_by_placeholder("Say something to the model")
+    box.wait_for(timeout=60_000)
+    time.sleep(1)
+    page.locator("input[type=range][aria-label^='Cap threshold']").focus()
+    for _ in range(7):
+        page.keyboard.press("ArrowLeft")
+    cap_toggle(page).click(force=True)
+    wait_until(lambda: cap_toggle(page).is_checked() and slider_value(page, "Cap threshold") == 68.0, timeout=30)
+    time.sleep(1)
+    box.fill("What is a lighthouse?")
+    box.press("Enter")
+    wait_until(lambda: page.locator("text=nearest:").count() >= 1, timeout=120)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Export session (JSON)").click()
+    exported = tmp_path / "session.json"
+    download.value.save_as(exported)
+    data = json.loads(exported.read_text())
+    assert data["session"]["controls"]["cap_enabled"] is True and data["session"]["controls"]["cap_percentile"] == 68.0
+    assert any(t["role"] == "assistant" and t["status"] == "done" and t["content"] for t in data["turns"])  # not a snapshot
+    page.get_by_role("button", name="New session").click()
+    wait_until(lambda: "What is a lighthouse?" not in page.inner_text("body") and not cap_toggle(page).is_checked(), timeout=60)
+    assert slider_value(page, "Cap threshold") == 75.0
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(exported))
+    time.sleep(1)
+    page.get_by_role("button", name="Import", exact=True).click()
+    wait_until(lambda: "What is a lighthouse?" in page.inner_text("body"), timeout=60)
+    assert cap_toggle(page).is_checked() and slider_value(page, "Cap threshold") == 68.0
+    assert page.locator("[data-testid='stException']").count() == 0
+    # the restored widgets drive the imported session: a control change reaches the worker, no traceback
+    cap_toggle(page).click(force=True)
+    sid = session_of(page)
+    wait_until(
+        lambda: any(
+            e["type"] == "controls" and e["data"]["controls"]["cap_enabled"] is False for e in worker_events(servers, sid)
+        )
+    )
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
+def test_no_request_leaves_the_machine(servers, browser) -> None:  # type: ignore[no-untyped-def]
+    servers.wait_worker()
+    page = browser.new_page()
+    log = NetworkLog(page)
+    for path, marker in (("", "Most Assistant-like"), ("/chat", "Cap threshold"), ("/transcripts", "Conversation (JSON)"),
+                         ("/demo", "Fixing a Python Script")):  # fmt: skip
+        page.goto(f"{servers.url}{path}")
+        page.locator(f"text={marker}").first.wait_for(timeout=60_000)
+        time.sleep(2)  # let late requests (favicons, fonts) happen
+    page.get_by_role("button", name="Start").first.click()
+    page.locator("text=Per-turn projection").first.wait_for(timeout=120_000)
+    time.sleep(2)
+    screenshot(page, "demo-running")
+    own = {f"127.0.0.1:{servers.app_port}", f"127.0.0.1:{servers.worker_port}"}
+    assert log.urls and log.hosts() <= own, sorted(log.hosts() - own)
     page.close()

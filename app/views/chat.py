@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 import streamlit as st
 
-from app.chat_view import adopt, controls_panel, conversation_view, export_button, new_session, state
+from app.chat_view import (
+    charts_view,
+    controls_panel,
+    export_button,
+    follow_url,
+    import_file,
+    messages_view,
+    new_session,
+    notice,
+    refresh,
+    session_picker,
+    smoothing_control,
+    state,
+)  # fmt: skip
 from app.ui import call, client, load_space, worker_status
 
 PREFIX = "chat"
@@ -16,18 +27,30 @@ health = worker_status()
 if summary is None:
     st.stop()
 if health is None:
-    st.info("The chat needs the model worker. Start everything with `make run`; this page retries on every rerun.")
+    st.info("The chat needs the model worker. Start everything with `make run`; this page updates by itself when it is ready.")
     st.stop()
 
 s = state(PREFIX)
+follow_url(PREFIX)
+defaults = {"cap_layers": summary["cap_window"]} if summary.get("cap_window") else None
+if s["sid"] is None:
+    new_session(PREFIX, None, defaults)
+
+
+def start_new() -> None:
+    new_session(PREFIX, st.session_state.get("chat_system") or None, defaults)
+
+
 with st.sidebar:
     st.subheader("Session")
-    system = st.text_area("System prompt (optional)", key="chat_system", height=80)
-    if st.button("New session", key="chat_new") or s["sid"] is None:
-        new_session(PREFIX, system or None, {"cap_layers": summary["cap_window"]} if summary.get("cap_window") else None)
+    notice(PREFIX)
+    st.text_area("System prompt (optional)", key="chat_system", height=80)
+    st.button("New session", key="chat_new", on_click=start_new)
+    session_picker(PREFIX)
     st.toggle("Compare capped vs uncapped", key="chat_compare", help="Each message is answered twice with the same seed.")
     st.subheader("Controls (apply from the next token)")
     controls_panel(PREFIX, summary)
+    smoothing_control(PREFIX)
     a, b = st.columns(2)
     if a.button("Stop", key="chat_stop") and s["sid"]:
         call(client().stop, s["sid"])
@@ -35,22 +58,17 @@ with st.sidebar:
         if call(client().undo, s["sid"]) is not None:
             s["conv"] = type(s["conv"])()
     export_button(PREFIX)
-    uploaded = st.file_uploader("Import a session (JSON)", type=["json"], key="chat_import")
-    if uploaded is not None and st.button("Import", key="chat_import_go"):
-        try:
-            created = call(client().import_session, json.loads(uploaded.getvalue()))
-        except ValueError as exc:
-            st.error(f"Not a JSON file: {exc}")
-            created = None
-        if created:
-            adopt(PREFIX, created)
+    st.file_uploader("Import a session (JSON)", type=["json"], key="chat_import")
+    st.button("Import", key="chat_import_go", on_click=import_file, args=(PREFIX, "chat_import"))
 
-st.caption(f"Session {s['sid']}")
+st.caption(f"Session {s['sid']} · its link reopens it")
 
 
 @st.fragment(run_every=0.5)
 def live() -> None:
-    conversation_view(PREFIX, summary)
+    conv = refresh(PREFIX)
+    messages_view(conv)
+    charts_view(PREFIX, conv, summary)
 
 
 live()

@@ -9,7 +9,7 @@ import json
 
 import streamlit as st
 
-from app.charts import transcript_chart
+from app.charts import standalone_html, transcript_chart
 from app.ui import call, client, load_space, plain, worker_status
 
 st.title("Transcripts")
@@ -75,4 +75,6 @@ writer.writeheader()
 writer.writerows(rows)
 a, b = st.columns(2)
 a.download_button("Projections (CSV)", buffer.getvalue(), file_name="transcript-projections.csv", mime="text/csv")
-b.download_button("Chart (HTML)", fig.to_html(include_plotlyjs="cdn"), file_name="transcript-drift.html", mime="text/html")
+b.download_button(  # plotly.js inside the file: it opens offline; built only when clicked (it is ~5 MB)
+    "Chart (HTML)", data=lambda: standalone_html(fig), file_name="transcript-drift.html", mime="text/html", on_click="ignore"
+)

@@ -207,11 +207,7 @@ class Engine:
 
     # generation -----------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        try:
-            self.placement.reducer(2)
-            self.placement.reducer(3)
-        except Exception:  # the UMAP warm-up is an optimisation; placement retries on use
-            log.exception("UMAP warm-up failed")
+        self.placement.warm_up()  # in the background: tokens stream at once, placement waits for the map if needed
         self.ready.set()
         while True:
             try:

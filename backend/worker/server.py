@@ -149,6 +149,7 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
             "ready": ready, "status": status, "error": state.error or degraded, "degraded": degraded,
             "model": state.model_spec, "space": state.space_path, "uptime_s": round(time.time() - state.started, 1),
         }  # fmt: skip
+        out["phase"] = engine.placement.phase if ready and engine is not None else out["status"]  # "building the map"
         if engine is not None:
             out.update(
                 device=engine.loaded.info.device,
