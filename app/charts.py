@@ -159,25 +159,6 @@ def trajectory(conv: Conversation, summary: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def transcript_chart(result: dict[str, Any], summary: dict[str, Any] | None = None) -> go.Figure:
-    turns = [t for t in result["turns"] if t.get("projection") is not None]
-    fig = go.Figure(
-        go.Scatter(
-            x=[t["index"] + 1 for t in turns],
-            y=[t["projection"] for t in turns],
-            mode="lines+markers",
-            name="projection",
-            customdata=[t["index"] for t in turns],
-            hovertemplate="assistant turn %{x}<br>%{y:.3f}<extra></extra>",
-        )
-    )
-    if summary:
-        fig.add_hline(y=summary["assistant"]["projection"], line_dash="dot", line_color="green", annotation_text=ASSISTANT_LABEL)
-    fig.update_layout(height=340, title=f"Drift per assistant turn (layer {result['layer']})", xaxis_title="assistant turn",
-                      yaxis_title="projection", template="plotly_white", clickmode="event+select")  # fmt: skip
-    return fig
-
-
 def standalone_html(fig: go.Figure) -> str:
     """The figure as one HTML file that needs no network: plotly.js is embedded, never loaded from a CDN."""
     return str(fig.to_html(include_plotlyjs=True, full_html=True))

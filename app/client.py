@@ -80,8 +80,14 @@ class WorkerClient:
     def import_session(self, data: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("POST", "/sessions/import", json=data))
 
-    def project(self, conversation: Any, layer: int | None = None) -> dict[str, Any]:
-        params = {} if layer is None else {"layer": layer}
+    def project(
+        self, conversation: Any, layer: int | None = None, *, tokens: bool = False, window: int | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {} if layer is None else {"layer": layer}
+        if tokens:
+            params["tokens"] = "true"
+        if window is not None:
+            params["window"] = window
         return dict(self._call("POST", "/project", json=conversation, params=params, timeout=300))
 
 

@@ -133,10 +133,17 @@ class FakeClient:
             self._event(sid, event["turn"], event["type"], dict(event["data"]))
         return created
 
-    def project(self, conversation: Any, layer: int | None = None) -> dict[str, Any]:
+    def project(
+        self, conversation: Any, layer: int | None = None, *, tokens: bool = False, window: int | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("project", layer))
         messages = conversation["conversation"] if isinstance(conversation, dict) else conversation
         n = sum(1 for m in messages if m["role"] == "assistant")
         turns = [{"index": i, "message_index": 2 * i + 1, "projection": 2.0 - i, "n_tokens": 5, "pca": [0, 0, 0],
-                  "nearest": [{"name": "poet", "cosine": 0.5}]} for i in range(n)]  # fmt: skip
+                  "nearest": [{"name": "poet", "cosine": 0.5}], "context_tokens": 10 * i, "left_out_messages": 0}
+                 for i in range(n)]  # fmt: skip
+        if tokens:
+            for t in turns:
+                t["token_projections"] = [t["projection"] + d for d in (-0.2, -0.1, 0.0, 0.1, 0.2)]
+                t["token_texts"] = ["a", " b", " c", " d", " e"]
         return {"model": "Fake", "layer": layer if layer is not None else 2, "tokens": 40, "turns": turns}

@@ -14,9 +14,10 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.charts import persona_map, transcript_chart, turn_chart
+from app.charts import persona_map, turn_chart
 from app.conversation import Conversation, apply_events
 from app.live_charts import control_changes, describe_change, live_token_figure, moving_average, token_series
+from app.transcript_sets import overlay_chart, split_upload, summary_rows, token_strip
 from app.ui import plain
 from tests.fake_client import FakeClient
 from tests.worker_harness import ROOT
@@ -100,18 +101,50 @@ def test_chat_when_the_worker_is_loading(tiny_space) -> None:  # type: ignore[no
 def test_transcripts_page_projects_an_upload(tiny_space) -> None:  # type: ignore[no-untyped-def]
     fake = FakeClient()
     at = page("transcripts", fake).run()
-    assert "Choose a JSON file" in at.info[0].value
+    assert "Choose one or more" in at.info[0].value
     conversation = {"model": "m", "turns": 3, "conversation": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello *there*"},
         {"role": "user", "content": "more"}, {"role": "assistant", "content": "sure"},
     ]}  # fmt: skip
-    at.file_uploader(key="transcript_file").set_value(("t.json", json.dumps(conversation).encode(), "application/json")).run()
-    assert not at.exception
-    assert ("project", 2) in fake.calls
-    assert at.dataframe[0].value.shape[0] == 2
+    capped = [*conversation["conversation"], {"role": "user", "content": "again"}, {"role": "assistant", "content": "yes"}]
+    at.file_uploader(key="transcript_files").set_value([
+        ("t.json", json.dumps(conversation).encode(), "application/json"),
+        ("set.jsonl", (json.dumps(capped) + "\n\n" + json.dumps(conversation) + "\n").encode(), "application/jsonl"),
+    ]).run()  # fmt: skip
+    assert not at.exception, at.exception
+    assert [c for c in fake.calls if c[0] == "project"] == [("project", 2)] * 2  # set.jsonl:3 repeats t.json: read once
+    table = at.dataframe[0].value
+    assert list(table["transcript"]) == ["t.json", "set.jsonl:1", "set.jsonl:3"] and list(table["turns"]) == [2, 3, 2]
+    assert (
+        list(table["first"]) == [2.0, 2.0, 2.0]
+        and list(table["last"]) == [1.0, 0.0, 1.0]
+        and list(table["min"]) == [1.0, 0.0, 1.0]
+    )
     assert plain("hello *there*") in texts(at)
-    at.file_uploader(key="transcript_file").set_value(("bad.json", b"{oops", "application/json")).run()
+    at.selectbox(key="transcript_which").set_value("set.jsonl:1").run()
+    at.number_input(key="transcript_pick").set_value(3).run()
+    assert plain("yes") in texts(at) and "20 tokens of context" in at.caption[0].value
+    at.file_uploader(key="transcript_files").set_value([("bad.json", b"{oops", "application/json")]).run()
     assert "is not a JSON text file" in at.error[0].value
+
+
+def test_transcript_set_helpers() -> None:
+    assert [n for n, _ in split_upload("a.jsonl", b'[1]\n\n{"x": 2}\n')] == ["a.jsonl:1", "a.jsonl:3"]
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        split_upload("b.jsonl", b"[1]\n{oops\n")
+    with pytest.raises(ValueError, match="holds no conversation"):
+        split_upload("c.jsonl", b"\n")
+    result = {"layer": 3, "tokens": 9000, "windowed": True, "passes": 2, "window": 8192, "turns": [
+        {"index": 0, "projection": 4.0}, {"index": 1, "projection": None}, {"index": 2, "projection": 1.0},
+        {"index": 3, "projection": 2.5},
+    ]}  # fmt: skip
+    (row,) = summary_rows([("x", result)])
+    assert row == {"transcript": "x", "turns": 4, "first": 4.0, "last": 2.5, "mean": 2.5, "min": 1.0, "tokens": 9000,
+                   "read": "2 windows of ≤ 8192"}  # fmt: skip
+    strip = token_strip({"index": 1, "token_projections": [1.0, 3.0], "token_texts": ["a", "\n"]}, centre=2.0)
+    assert (
+        list(strip.data[0].z[0]) == [1.0, 3.0] and strip.data[0].zmid == 2.0 and list(strip.data[0].customdata[0]) == ["a", "⏎"]
+    )
 
 
 def test_demo_replays_a_scenario_capped_and_uncapped(tiny_space) -> None:  # type: ignore[no-untyped-def]
@@ -199,7 +232,9 @@ def test_figures_hold_the_data() -> None:
         "layer": 2,
         "turns": [{"index": 0, "projection": 1.0}, {"index": 1, "projection": None}, {"index": 2, "projection": -1.0}],
     }
-    assert list(transcript_chart(result).data[0].x) == [1, 3]
+    overlay = overlay_chart([("a.json", result), ("b.json", {**result, "turns": result["turns"][:1]})])
+    assert [list(t.x) for t in overlay.data] == [[1, 3], [1]] and [t.name for t in overlay.data] == ["a.json", "b.json"]
+    assert [list(map(list, t.customdata)) for t in overlay.data] == [[[0, 0], [0, 2]], [[1, 0]]]  # (conversation, turn)
 
 
 def test_the_app_never_imports_torch() -> None:
@@ -355,7 +390,7 @@ def test_worker_status_line_follows_start_up_and_the_queue() -> None:
 def test_exported_charts_embed_plotly_and_reach_no_network() -> None:
     from app.charts import standalone_html
 
-    page_html = standalone_html(transcript_chart({"layer": 2, "turns": [{"index": 0, "projection": 1.0}]}))
+    page_html = standalone_html(overlay_chart([("t.json", {"layer": 2, "turns": [{"index": 0, "projection": 1.0}]})]))
     assert "<script src=" not in page_html and 'src="https://cdn' not in page_html  # no script fetched
     assert "Plotly.newPlot" in page_html and len(page_html) > 1_000_000  # plotly.js itself is inside
 
