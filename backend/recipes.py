@@ -34,7 +34,7 @@ import torch
 from backend.errors import PersonaSpaceError
 
 RECIPES = ("paper", "matched", "all", "centred", "weighted")
-DEFAULT_RECIPE = "centred"
+DEFAULT_RECIPE = "weighted"
 EMPTY = -1  # score of an answer with no token
 RECIPE_DOC = {
     "paper": "score-3 answers; default on all its questions (the paper's recipe)",
