@@ -56,7 +56,8 @@ c, d = st.columns(2)
 c.plotly_chart(variance_figure(summary), width="stretch", key="variance")
 d.plotly_chart(layer_figures(summary), width="stretch", key="by_layer")
 if weak:
-    with st.expander(f"{len(weak)} weak archetypes: drawn, but too few in-role answers to shape the axis"):
+    plural = "s" if len(weak) != 1 else ""
+    with st.expander(f"{len(weak)} weak archetype{plural}: drawn, but too few in-role answers to shape the axis"):
         st.dataframe([{"archetype": k, "in-role answers": v} for k, v in weak.items()], hide_index=True)
 if summary["dropped"]:
     with st.expander(f"{len(summary['dropped'])} archetypes without any usable answer"):
