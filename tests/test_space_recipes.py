@@ -101,3 +101,14 @@ def test_bad_recipe_and_no_default_are_clear_errors() -> None:
     with pytest.raises(PersonaSpaceError, match="no usable default-Assistant answer on the archetypes' questions"):
         role_vectors(no_default, means, ["r0"], "matched", 1, "default")
     assert role_vectors(no_default, means, ["r0"], "paper", 1, "default").default_questions == 1
+
+
+def test_the_paper_recipe_is_the_papers_formula() -> None:
+    answers, means, _ = planted(subsets=True)
+    names = [f"r{r}" for r in range(N_ROLES)]
+    rv = role_vectors(answers, means, names, "paper", min_in_role=1, default_role="default")
+    default = [i for i, a in enumerate(answers) if a.role == "default"]  # every default answer, all 24 questions
+    torch.testing.assert_close(rv.default, means[default].double().mean(0).float())
+    for name, vector in zip(rv.names, rv.vectors, strict=True):
+        three = [i for i, a in enumerate(answers) if a.role == name and a.score == 3]  # score-3 answers only
+        torch.testing.assert_close(vector, means[three].double().mean(0).float())
