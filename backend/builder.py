@@ -24,16 +24,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from backend.axis import compute_axis, fit_pca, percentile_thresholds, project
+from backend.assemble import assemble_space, build_space, fit_umap
 from backend.catalogue import DEFAULT_ROLE, QUESTION_KINDS, Catalogue, Question
 from backend.chat import encode_prompt
 from backend.errors import PersonaSpaceError
 from backend.interventions import Capture, intervene
 from backend.models import LoadedModel
+from backend.recipes import DEFAULT_RECIPE, check_recipe
 from backend.store import sha256_file, write_space
+
+__all__ = ["assemble_space", "build_space", "fit_umap"]  # re-exported: callers import them from here
 
 BUILD_VERSION = 1
 
@@ -54,8 +56,13 @@ class BuildSettings:
     pca_components: int = 20
     umap_neighbors: int = 15
     roles: tuple[str, ...] | None = None
+    recipe: str = DEFAULT_RECIPE
+    target_layer: int | None = None  # None: the model's own target layer
 
     def __post_init__(self) -> None:
+        check_recipe(self.recipe)
+        if self.target_layer is not None and (isinstance(self.target_layer, bool) or self.target_layer < 0):
+            raise PersonaSpaceError(f"target_layer must be a layer index >= 0, got {self.target_layer!r}")
         checks = {
             "prompts_per_role": (self.prompts_per_role, 1, 100),
             "questions_per_role": (self.questions_per_role, 1, 10_000),
@@ -396,187 +403,16 @@ def run_judge(judge: Any, units: list[Unit], records: list[dict[str, Any]], work
     return {k: (int(v[0]), str(v[1])) for k, v in cached.items()}
 
 
-def fit_umap(vectors: np.ndarray, n_components: int, neighbors: int, seed: int) -> Any:
-    try:
-        import umap
-    except ImportError as exc:  # pragma: no cover
-        raise PersonaSpaceError("UMAP layouts need: pip install umap-learn") from exc
-    reducer = umap.UMAP(
-        n_components=n_components, n_neighbors=max(2, min(neighbors, len(vectors) - 1)), metric="cosine", random_state=seed, n_jobs=1,
-        init="random" if len(vectors) <= n_components + 1 else "spectral",
-    )  # fmt: skip
-    reducer.fit(vectors)
-    return reducer
+PLAN_FILE = "plan.json"
+MODEL_FIELDS = ("spec", "name", "fingerprint", "architecture", "n_layers", "hidden", "target_layer", "cap_window")
 
 
-def build_space(
-    loaded: LoadedModel,
-    catalogue: Catalogue,
-    settings: BuildSettings,
-    units: list[Unit],
-    means: torch.Tensor,
-    records: list[dict[str, Any]],
-    scores: dict[str, tuple[int, str]],
-    started: float,
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Role vectors, axis, PCA/UMAP, thresholds and the manifest, from every answer's mean activation."""
-    info = loaded.info
-    is_default = torch.tensor([u.role == DEFAULT_ROLE for u in units])
-    empty = torch.tensor([r["n_tokens"] == 0 for r in records])
-    default_vectors = means[is_default & ~empty]
-    if len(default_vectors) == 0:
-        raise PersonaSpaceError("no default-Assistant answer had any token; cannot place the Assistant")
-    default_vector = default_vectors.mean(0)
-    role_names = settings.roles if settings.roles is not None else tuple(a.name for a in catalogue.archetypes)
-    role_entries: list[dict[str, Any]] = []
-    kept_vectors: list[torch.Tensor] = []
-    for name in role_names:
-        idx = [i for i, u in enumerate(units) if u.role == name]
-        judged = [scores.get(units[i].key, (0, "missing"))[0] if records[i]["n_tokens"] > 0 else -1 for i in idx]
-        in_role = [i for i, s in zip(idx, judged, strict=True) if s == 3]
-        histogram = {str(s): judged.count(s) for s in (0, 1, 2, 3)}
-        archetype = catalogue.archetype(name)
-        entry: dict[str, Any] = {
-            "name": name, "category": archetype.category, "description": archetype.description,
-            "answers": len(idx), "empty_answers": judged.count(-1), "scores": histogram, "in_role": len(in_role),
-        }  # fmt: skip
-        if len(in_role) >= settings.min_in_role:
-            entry["kept"] = True
-            kept_vectors.append(means[in_role].mean(0))
-            example = min(in_role, key=lambda i: abs(records[i]["n_tokens"] - settings.max_new_tokens * 0.75))
-            entry["example"] = {"question": units[example].text, "answer": records[example]["text"]}
-        else:
-            entry["kept"] = False
-            entry["dropped"] = (
-                f"{len(in_role)} in-role (score 3) answers of {len(idx)}, fewer than the minimum {settings.min_in_role}"
-            )
-        role_entries.append(entry)
-    if len(kept_vectors) < 3:
-        raise PersonaSpaceError(f"only {len(kept_vectors)} roles kept (need at least 3); lower --min-in-role or add answers")
-    usable = ~empty
-    role_vectors = torch.stack(kept_vectors)
-    axis = compute_axis(default_vector, role_vectors)
-    pool = torch.stack([project(means[usable][:, layer], axis[layer]) for layer in range(info.n_layers)], dim=1)
-    manifest, tensors = assemble_space(
-        model={"spec": info.spec, "name": info.name, "fingerprint": info.fingerprint, "architecture": info.architecture},
-        n_layers=info.n_layers,
-        hidden=info.hidden,
-        target_layer=info.target_layer,
-        cap_window=info.cap_window,
-        role_entries=role_entries,
-        role_vectors=role_vectors,
-        default_vector=default_vector,
-        pool_projections=pool,
-        activation_norm=means[usable].norm(dim=-1).mean(0),
-        percentiles=settings.percentiles,
-        pca_components=settings.pca_components,
-        umap_neighbors=settings.umap_neighbors,
-        seed=settings.seed,
-    )
-    manifest["settings"] = asdict(settings)
-    manifest["counts"] = {
-        "answers": len(units),
-        "default_answers": int(is_default.sum()),
-        "empty_answers": int(empty.sum()),
-        "truncated_answers": sum(1 for r in records if r["truncated"]),
-        "response_tokens": sum(r["n_tokens"] for r in records),
-        "roles_kept": len(kept_vectors),
-        "roles_dropped": len(role_entries) - len(kept_vectors),
-    }
-    manifest["build_seconds"] = round(time.time() - started, 1)
-    return manifest, tensors
-
-
-def assemble_space(
-    *,
-    model: dict[str, Any],
-    n_layers: int,
-    hidden: int,
-    target_layer: int,
-    cap_window: tuple[int, int],
-    role_entries: list[dict[str, Any]],
-    role_vectors: torch.Tensor,
-    default_vector: torch.Tensor,
-    pool_projections: torch.Tensor,
-    activation_norm: torch.Tensor,
-    percentiles: Sequence[float] = (1.0, 25.0, 50.0, 75.0),
-    pca_components: int = 20,
-    umap_neighbors: int = 15,
-    seed: int = 0,
-    thresholds: torch.Tensor | None = None,
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Everything a space holds, from role vectors ``(R, L, d)`` (kept roles, in ``role_entries`` order), the
-    default vector ``(L, d)`` and a pool of per-answer projections ``(N, L)`` (or explicit ``thresholds``
-    ``(len(percentiles), L)`` when no pool exists, e.g. imported vectors)."""
-    L = n_layers
-    target = target_layer
-    kept_names = [e["name"] for e in role_entries if e.get("kept")]
-    if len(kept_names) != role_vectors.shape[0]:
-        raise PersonaSpaceError(f"{len(kept_names)} kept roles but {role_vectors.shape[0]} role vectors")
-    if len(kept_names) < 3:
-        raise PersonaSpaceError(f"only {len(kept_names)} roles kept (need at least 3); lower --min-in-role or add answers")
-    role_vectors = role_vectors.float()
-    default_vector = default_vector.float()
-    axis = compute_axis(default_vector, role_vectors)
-    k = min(pca_components, len(kept_names) - 1, hidden)
-    pca_mean, pca_comp, pca_evr, pca_coords, pca_default, pc1_cos = [], [], [], [], [], []
-    for layer in range(L):
-        pca = fit_pca(role_vectors[:, layer], axis=axis[layer], n_components=k)
-        pca_mean.append(torch.from_numpy(pca.mean).float())
-        pca_comp.append(torch.from_numpy(pca.components).float())
-        pca_evr.append(torch.from_numpy(pca.explained_variance_ratio).float())
-        pca_coords.append(torch.from_numpy(pca.coords).float())
-        pca_default.append(torch.from_numpy(pca.transform(default_vector[layer][None].double().numpy())[0]).float())
-        pc1_cos.append(pca.axis_cosine(axis[layer].double().numpy()))
-    if thresholds is None:
-        by_p = percentile_thresholds(pool_projections.float(), percentiles)
-        thresholds = torch.stack([by_p[float(p)] for p in percentiles])
-    tensors: dict[str, torch.Tensor] = {
-        "role_vectors": role_vectors,
-        "default_vector": default_vector,
-        "axis": axis.float(),
-        "pca_mean": torch.stack(pca_mean),
-        "pca_components": torch.stack(pca_comp),
-        "pca_explained_variance": torch.stack(pca_evr),
-        "pca_role_coords": torch.stack(pca_coords),
-        "pca_default_coords": torch.stack(pca_default),
-        "axis_pc1_cosine": torch.tensor(pc1_cos, dtype=torch.float32),
-        "role_projections": torch.stack([project(role_vectors[:, layer], axis[layer]) for layer in range(L)], dim=1).float(),
-        "default_projection": project(default_vector, axis).float(),
-        "pool_projections": pool_projections.float(),
-        "thresholds": thresholds.float(),
-        "activation_norm": activation_norm.float(),
-    }
-    x = role_vectors[:, target].double().numpy()
-    for dim in (2, 3):
-        reducer = fit_umap(x, dim, umap_neighbors, seed)
-        tensors[f"umap_{dim}d"] = torch.from_numpy(np.asarray(reducer.embedding_)).float()
-        placed = reducer.transform(default_vector[target].double().numpy()[None])
-        tensors[f"umap_default_{dim}d"] = torch.from_numpy(np.asarray(placed)[0]).float()
-    order = torch.argsort(tensors["role_projections"][:, target], descending=True).tolist()
-    import sklearn
-    import transformers
-
-    manifest: dict[str, Any] = {
-        "model": model,
-        "n_layers": L,
-        "hidden": hidden,
-        "target_layer": target,
-        "cap_window": list(cap_window),
-        "percentiles": [float(p) for p in percentiles],
-        "roles": role_entries,
-        "kept_order": kept_names,
-        "ranking": [kept_names[i] for i in order],
-        "umap": {"metric": "cosine", "n_neighbors": max(2, min(umap_neighbors, len(kept_names) - 1)), "random_state": seed},
-        "versions": {
-            "persona_space_build": BUILD_VERSION,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "scikit_learn": sklearn.__version__,
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return manifest, tensors
+def record_plan(work: WorkFolder, settings: BuildSettings, info: dict[str, Any]) -> None:
+    """What a rebuild needs besides the answers: the generation settings and the model's shape (no weights)."""
+    payload = {"settings": asdict(settings), "model": {k: info[k] for k in MODEL_FIELDS}}
+    tmp = work.root / (PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, work.root / PLAN_FILE)
 
 
 def build(
@@ -593,17 +429,63 @@ def build(
     units = plan_units(catalogue, settings, loaded.info.name)
     work = WorkFolder(work_root)
     work.open(settings.generation_key(), loaded.info.fingerprint)
+    record_plan(work, settings, loaded.info.to_dict())
     n_chunks = len(chunks_of(units, settings.batch_size))
     log(f"{len(units)} answers in {n_chunks} chunks of {settings.batch_size}; work folder {work_root}")
     run_generation(loaded, units, settings, work, shard)
     if shard[1] > 1:
         log(f"shard {shard[0]}/{shard[1]} done; run the other shards into {work_root}, then build without --shard")
         return None
+    return finish(work, catalogue, settings, loaded.info.to_dict(), units, out, started, log)
+
+
+def finish(
+    work: WorkFolder,
+    catalogue: Catalogue,
+    settings: BuildSettings,
+    model: dict[str, Any],
+    units: list[Unit],
+    out: Path,
+    started: float,
+    log: Callable[[str], None],
+) -> Path:
     units, means, records = collect(work, units, settings)
     judge = make_judge(settings.judge, catalogue)
     scores = run_judge(judge, units, records, work)
-    log("computing role vectors, axis, PCA, UMAP and thresholds")
-    manifest, tensors = build_space(loaded, catalogue, settings, units, means, records, scores, started)
+    log(f"computing role vectors (recipe {settings.recipe}), axis, PCA, UMAP and thresholds")
+    manifest, tensors = build_space(model, catalogue, settings, units, means, records, scores, started)
     path = write_space(out, manifest, tensors)
-    log(f"wrote {path} ({manifest['counts']['roles_kept']} roles kept, {manifest['counts']['roles_dropped']} dropped)")
+    c = manifest["counts"]
+    log(f"wrote {path} ({c['roles_kept']} archetypes drawn, {c['roles_weak']} of them weak, {c['roles_dropped']} dropped)")
     return path
+
+
+def rebuild(
+    work_root: Path,
+    catalogue: Catalogue,
+    out: Path,
+    log: Callable[[str], None] = print,
+    **changes: Any,
+) -> Path:
+    """Recompute a space from a finished work folder with other space settings (``recipe``, ``min_in_role``,
+    ``target_layer``, ``judge``, ...): no generation, no model. Gives the same space a fresh build with those
+    settings gives."""
+    started = time.time()
+    work = WorkFolder(Path(work_root))
+    plan = work.root / PLAN_FILE
+    if not plan.exists():
+        raise PersonaSpaceError(
+            f"{work.root} has no {PLAN_FILE} (it was made by an older build); run the same `build` command once "
+            "more on it: every chunk is done, so it only records the plan and computes the space"
+        )
+    payload = json.loads(plan.read_text())
+    stored = dict(payload["settings"])
+    stored["roles"] = tuple(stored["roles"]) if stored.get("roles") is not None else None
+    stored["percentiles"] = tuple(stored["percentiles"])
+    unknown = sorted(set(changes) - {f for f in stored if f not in GENERATION_FIELDS})
+    if unknown:
+        raise PersonaSpaceError(f"a rebuild cannot change {unknown}: they change the answers; run build instead")
+    settings = BuildSettings(**{**stored, **changes})
+    work.open(settings.generation_key(), payload["model"]["fingerprint"])
+    units = plan_units(catalogue, settings, payload["model"]["name"])
+    return finish(work, catalogue, settings, payload["model"], units, out, started, log)

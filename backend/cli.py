@@ -10,6 +10,7 @@ from pathlib import Path
 
 from backend.errors import PersonaSpaceError
 from backend.models import DEFAULT_MODEL
+from backend.recipes import DEFAULT_RECIPE as RECIPE_DEFAULT
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,20 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     parser.add_argument("--layers-path", default=None, help="attribute path of the decoder layers, e.g. model.layers")
+
+
+def _add_space_args(parser: argparse.ArgumentParser, recipe_default: str | None) -> None:
+    from backend.recipes import RECIPE_DOC
+
+    parser.add_argument(
+        "--recipe",
+        default=recipe_default,
+        choices=sorted(RECIPE_DOC),
+        help="role-vector recipe: "
+        + "; ".join(f"{k}: {v}" for k, v in RECIPE_DOC.items())
+        + (f" (default {recipe_default})" if recipe_default else " (default: the build's)"),
+    )
+    parser.add_argument("--target-layer", type=int, default=None, help="layer the space is drawn at (default: the model's)")
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -93,6 +108,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         judge=args.judge,
         min_in_role=args.min_in_role,
         roles=tuple(args.roles.split(",")) if args.roles else None,
+        recipe=args.recipe,
+        target_layer=args.target_layer,
     )
     shard = parse_shard(args.shard)
     catalogue = load_catalogue(args.catalogue)
@@ -100,6 +117,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     work = Path(args.work) if args.work else out.with_name(f".{out.name}.work")
     build(loaded, catalogue, settings, out, work, shard, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.builder import rebuild
+    from backend.catalogue import load_catalogue
+
+    changes = {"recipe": args.recipe, "min_in_role": args.min_in_role, "target_layer": args.target_layer, "judge": args.judge}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    rebuild(Path(args.work), load_catalogue(args.catalogue), Path(args.out), log=lambda m: print(m, file=sys.stderr), **changes)
     return 0
 
 
@@ -261,9 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="role-adherence judge: offline MiniLM embeddings (default), none, or an OpenAI-compatible endpoint "
         "(PERSONA_SPACE_JUDGE_BASE_URL, _MODEL, _API_KEY, _CONCURRENCY, _RPM)",
     )
-    p.add_argument("--min-in-role", type=int, default=10, help="drop roles with fewer score-3 answers")
+    p.add_argument(
+        "--min-in-role", type=int, default=10, help="archetypes with fewer score-3 answers are drawn as weak, not fitted"
+    )
+    _add_space_args(p, RECIPE_DEFAULT)
     p.add_argument("--shard", default=None, help="i/n: build every n-th chunk starting at i, into the work folder")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("rebuild", help="recompute a space from a finished work folder (no generation): another recipe, ...")
+    p.add_argument("work", help="the build's work folder (holds plan.json and chunks/)")
+    p.add_argument("--out", required=True, help="space folder to write")
+    p.add_argument("--catalogue", default=None, help="the catalogue the build used (default: the shipped one)")
+    p.add_argument("--min-in-role", type=int, default=None, help="default: the build's")
+    p.add_argument("--judge", default=None, choices=["embedding", "none", "openai"], help="default: the build's")
+    _add_space_args(p, None)
+    p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("import-paper-vectors", help="import the paper's released vectors (.pt, read with weights_only=True)")
     p.add_argument(

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from backend.store import Space
+
+
+def default_pc1_percentile(role_pc1: torch.Tensor, default_pc1: torch.Tensor) -> list[float]:
+    """Per layer, the share of archetypes (``role_pc1`` ``(L, R)``) whose PC1 coordinate the default's
+    (``(L,)``) exceeds; PC1's sign follows the axis, so 1.0 means the Assistant is at the Assistant end."""
+    beyond = (role_pc1 < default_pc1[:, None]).double().mean(dim=1)
+    return [round(float(x), 4) for x in beyond]
 
 
 def space_info(space: Space) -> dict[str, Any]:
@@ -23,6 +32,9 @@ def space_info(space: Space) -> dict[str, Any]:
         "cap_window": m.get("cap_window"),
         "roles": kept,
         "dropped": {r["name"]: r.get("dropped", "dropped") for r in m["roles"] if not r.get("kept")},
+        "weak": {r["name"]: r.get("in_role") for r in m["roles"] if r.get("kept") and r.get("weak")},
+        "recipe": m.get("recipe", "paper"),
+        "default_pc1_percentile": default_pc1_percentile(t["pca_role_coords"][:, :, 0], t["pca_default_coords"][:, 0]),
         "axis_pc1_cosine": [round(float(x), 4) for x in t["axis_pc1_cosine"]],
         "pc1_variance_ratio": [round(float(x), 4) for x in t["pca_explained_variance"][:, 0]],
         "projections": {name: round(float(p), 4) for name, p in zip(kept, projections, strict=True)},
@@ -43,12 +55,14 @@ def format_info(info: dict[str, Any], ends: int = 10) -> str:
         f"space       {info['path']}",
         f"model       {info['model']} (weights {info['fingerprint'][:12]})",
         f"layers      {info['n_layers']} x {info['hidden']}, target layer {info['target_layer']}, cap window {info['cap_window']}",
-        f"roles       {len(info['roles'])} kept, {len(info['dropped'])} dropped",
-        "layer  cos(PC1,axis)  PC1 var",
+        f"roles       {len(info['roles'])} drawn ({len(info['weak'])} weak), {len(info['dropped'])} dropped",
+        f"recipe      {info['recipe']}",
+        "layer  cos(PC1,axis)  PC1 var  Assistant beyond",
     ]
-    for layer, (cos, var) in enumerate(zip(info["axis_pc1_cosine"], info["pc1_variance_ratio"], strict=True)):
+    rows = zip(info["axis_pc1_cosine"], info["pc1_variance_ratio"], info["default_pc1_percentile"], strict=True)
+    for layer, (cos, var, beyond) in enumerate(rows):
         mark = "  <- target" if layer == info["target_layer"] else ""
-        lines.append(f"{layer:>5}  {cos:>13.3f}  {var:>7.3f}{mark}")
+        lines.append(f"{layer:>5}  {cos:>13.3f}  {var:>7.3f}  {beyond:>15.0%}{mark}")
     ranked = sorted(info["projections"].items(), key=lambda kv: kv[1], reverse=True)
     lines.append(f"default Assistant projection at the target layer: {info['default_projection']:.3f}")
     lines.append("most Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[:ends]))

@@ -80,6 +80,33 @@ def read_space(path: str | Path) -> SpaceView:
     return SpaceView(path=root, manifest=manifest, arrays=arrays)
 
 
+def axis_first(
+    vectors: np.ndarray, default: np.ndarray, axis: np.ndarray, fit: np.ndarray, k: int = 2
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Axis-first coordinates at one layer: the leading ``k`` principal components of what remains of the role
+    vectors ``(R, d)`` once their component along ``axis`` ``(d,)`` is removed, fitted on the rows where ``fit``
+    (the non-weak roles), every role and the default ``(d,)`` projected in. Paired with the projection on the
+    axis as the first coordinate, this draws the Assistant Axis as the x axis and the spread around it honestly.
+
+    Returns ``(role coords (R, k), default coords (k,), explained-variance ratio of the residual (k,))``; each
+    component's sign makes its largest-magnitude loading positive (deterministic)."""
+    u = axis.astype(np.float64) / np.linalg.norm(axis)
+    x = vectors.astype(np.float64)
+    residual = x - np.outer(x @ u, u)
+    fitted = residual[fit]
+    mean = fitted.mean(0)
+    _, sing, vt = np.linalg.svd(fitted - mean, full_matrices=False)
+    k = min(k, vt.shape[0])
+    comps = vt[:k].copy()
+    for i in range(k):
+        if comps[i, np.argmax(np.abs(comps[i]))] < 0:
+            comps[i] *= -1
+    d = default.astype(np.float64)
+    d_res = d - (d @ u) * u
+    total = float((sing**2).sum()) or 1.0
+    return (residual - mean) @ comps.T, (d_res - mean) @ comps.T, [float(v) / total for v in sing[:k] ** 2]
+
+
 def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
     """Roles with coordinates (PCA at ``layer``, default the target layer; the stored UMAP layouts), the
     Assistant, the axis drawn in PCA space, per-layer figures and cap thresholds."""
@@ -94,6 +121,9 @@ def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
     arrow = (a["pca_components"][layer][:3].astype(np.float64) @ (axis / np.linalg.norm(axis))).tolist()
     projections = a["role_projections"][:, layer].tolist()
     umap2, umap3 = a.get("umap_2d"), a.get("umap_3d")
+    weak = np.array([bool(r.get("weak")) for r in kept])
+    fit = ~weak if int((~weak).sum()) >= 3 else np.ones_like(weak)
+    af_roles, af_default, af_var = axis_first(a["role_vectors"][:, layer], a["default_vector"][layer], axis, fit)
     roles = []
     for i, entry in enumerate(kept):
         roles.append(
@@ -104,7 +134,9 @@ def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
                 "example": entry.get("example"),
                 "in_role": entry.get("in_role"),
                 "answers": entry.get("answers"),
+                "weak": bool(weak[i]),
                 "projection": float(projections[i]),
+                "axis_first": [float(projections[i]), *(float(x) for x in af_roles[i])],
                 "pca": [float(x) for x in coords[i]],
                 "umap_2d": [float(x) for x in umap2[i]] if umap2 is not None else None,
                 "umap_3d": [float(x) for x in umap3[i]] if umap3 is not None else None,
@@ -123,11 +155,15 @@ def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
         "dropped": {r["name"]: r.get("dropped", "") for r in m["roles"] if not r.get("kept")},
         "assistant": {
             "projection": float(a["default_projection"][layer]),
+            "axis_first": [float(a["default_projection"][layer]), *(float(x) for x in af_default)],
             "pca": [float(x) for x in a["pca_default_coords"][layer][:3]],
             "umap_2d": [float(x) for x in d2] if d2 is not None else None,
             "umap_3d": [float(x) for x in d3] if d3 is not None else None,
         },
         "axis_arrow_pca": arrow,
+        "axis_first_variance": af_var,
+        "recipe": m.get("recipe", "paper"),
+        "weak": {r["name"]: r.get("in_role") for r in kept if r.get("weak")},
         "explained_variance": [float(x) for x in a["pca_explained_variance"][layer][:10]],
         "axis_pc1_cosine": [float(x) for x in a["axis_pc1_cosine"]],
         "pc1_variance_ratio": [float(x) for x in a["pca_explained_variance"][:, 0]],

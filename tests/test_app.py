@@ -14,9 +14,10 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.charts import persona_map, turn_chart
+from app.charts import turn_chart
 from app.conversation import Conversation, apply_events
 from app.live_charts import control_changes, describe_change, live_token_figure, moving_average, token_series
+from app.space_charts import caption, coordinates_csv, persona_map, ranking_rows
 from app.transcript_sets import overlay_chart, split_upload, summary_rows, token_strip
 from app.ui import plain
 from tests.fake_client import FakeClient
@@ -47,8 +48,11 @@ def test_space_page_switches_layouts_layers_and_highlights(tiny_space) -> None: 
     assert not at.exception
     assert at.title[0].value == "Persona space"
     assert len(at.dataframe) >= 2
-    at.radio(key="space_layout").set_value("UMAP").run()
+    assert at.radio(key="space_layout").value == "Axis first"  # the default view
     at.radio(key="space_dims").set_value("3D").run()
+    at.toggle(key="space_hide_weak").set_value(True).run()
+    assert not at.exception
+    at.radio(key="space_layout").set_value("UMAP").run()
     assert not at.exception
     at.radio(key="space_layout").set_value("PCA").run()
     at.radio(key="space_dims").set_value("2D").run()
@@ -205,14 +209,14 @@ def test_chat_page_against_the_real_worker(worker, tiny_space, monkeypatch) -> N
 def test_figures_hold_the_data() -> None:
     summary = {
         "roles": [{"name": n, "category": "c", "description": "d", "projection": p, "pca": [p, -p, 0.0], "umap_2d": [p, p], "umap_3d": [p, p, p],
-                   "example": {"question": "q", "answer": "a <b>"}} for n, p in (("a", 1.0), ("b", -1.0), ("c", 0.5))],
-        "assistant": {"projection": 2.0, "pca": [2.0, 0.0, 0.0], "umap_2d": [0.0, 0.0], "umap_3d": [0, 0, 0]},
+                   "axis_first": [p, 0.0, 0.0], "example": {"question": "q", "answer": "a <b>"}} for n, p in (("a", 1.0), ("b", -1.0), ("c", 0.5))],
+        "assistant": {"projection": 2.0, "pca": [2.0, 0.0, 0.0], "umap_2d": [0.0, 0.0], "umap_3d": [0, 0, 0], "axis_first": [2.0, 0.0, 0.0]},
         "axis_arrow_pca": [1.0, 0.0, 0.0], "layer": 2, "target_layer": 2, "n_layers": 4,
     }  # fmt: skip
     fig = persona_map(summary, "pca", 2, ["b"])
     assert list(fig.data[0].x) == [1.0, -1.0, 0.5] and list(fig.data[0].marker.color) == [1.0, -1.0, 0.5]
     assert "a &lt;b&gt;" in fig.data[0].hovertext[0]  # hover text is escaped
-    assert fig.layout.annotations[0].text == "Assistant Axis"
+    assert [a.text for a in fig.layout.annotations] == ["", "Assistant Axis"]
     assert len(persona_map(summary, "umap", 3).data[0].z) == 3
     conv = Conversation()
     apply_events(conv, [
@@ -237,10 +241,47 @@ def test_figures_hold_the_data() -> None:
     assert [list(map(list, t.customdata)) for t in overlay.data] == [[[0, 0], [0, 2]], [[1, 0]]]  # (conversation, turn)
 
 
+def test_space_figures_axis_first_colour_scale_tables_and_csv(tiny_world) -> None:  # type: ignore[no-untyped-def]
+    from backend.space_view import read_space, summary
+
+    view = read_space(tiny_world[1])
+    s = summary(view)
+    stored = view.arrays["role_projections"][:, view.target_layer]
+    fig = persona_map(s, "axis", 2)
+    assert list(fig.data[0].x) == [float(x) for x in stored]  # x is exactly the stored projection
+    star = next(t for t in fig.data if t.name == "default Assistant")
+    assert star.x[0] == float(view.arrays["default_projection"][view.target_layer]) and "projection" in star.hovertext[0]
+    # the Assistant is at the high end and on the colour scale
+    assert fig.data[0].marker.cmax == max([*stored.tolist(), star.x[0]]) and fig.data[0].marker.cmin == min(stored.tolist())
+    label = next(a for a in fig.layout.annotations if a.text == "Assistant Axis")
+    assert label.x == max([*stored.tolist(), star.x[0]])  # the label sits at the Assistant end of the arrow
+    for layout, dims in (("axis", 3), ("pca", 3), ("pca", 2), ("umap", 2)):
+        f = persona_map(s, layout, dims)
+        assert f.data[0].marker.cmax >= s["assistant"]["projection"], layout
+        arrow = [t for t in f.data if t.name == "Assistant Axis"]
+        assert bool(arrow) == (dims == 3 and layout != "umap"), (layout, dims)
+    assert "gold diamond" in caption(s, "pca", 3, False) and "gold star" in caption(s, "axis", 2, False)
+    top = ranking_rows(s, 3, most=True)
+    assert top[0]["archetype"] == "★ default Assistant" and len(top) == 3
+    assert any("default Assistant" in r["archetype"] for r in ranking_rows(s, 100, most=False))
+    rows = coordinates_csv(s).splitlines()
+    assert len(rows) == 2 + len(s["roles"]) and rows[-1].startswith("default Assistant,")
+    # a weak archetype: an open marker of its own, and one toggle hides it
+    s["roles"][1]["weak"], s["roles"][1]["in_role"] = True, 0
+    s["weak"] = {s["roles"][1]["name"]: 0}
+    fig = persona_map(s, "axis", 2)
+    weak = next(t for t in fig.data if t.name == "weak archetypes")
+    assert list(weak.text) == [s["roles"][1]["name"]] and weak.marker.symbol == "circle-open"
+    assert fig.data[0].marker.cmin == weak.marker.cmin  # one colour scale for both
+    hidden = persona_map(s, "axis", 2, hide_weak=True)
+    assert not any(t.name == "weak archetypes" for t in hidden.data) and len(hidden.data[0].x) == len(s["roles"]) - 1
+    assert "1 weak" in caption(s, "axis", 2, True)
+
+
 def test_the_app_never_imports_torch() -> None:
     code = (
         "import sys; sys.path.insert(0, '.');"
-        "import app.ui, app.charts, app.client, app.conversation, app.chat_view, app.launch, backend.space_view;"
+        "import app.ui, app.charts, app.space_charts, app.client, app.conversation, app.chat_view, app.launch, backend.space_view;"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,13 +1,11 @@
-"""Persona space: archetypes in PCA or UMAP, coloured by their projection on the Assistant Axis."""
+"""Persona space: archetypes along the Assistant Axis (axis first), in PCA or in UMAP, coloured by projection."""
 
 from __future__ import annotations
 
-import csv
-import io
-
 import streamlit as st
 
-from app.charts import layer_figures, persona_map, variance_figure
+from app.charts import layer_figures, variance_figure
+from app.space_charts import LAYOUTS, caption, coordinates_csv, persona_map, ranking_rows
 from app.ui import load_space
 
 st.title("Persona space")
@@ -15,39 +13,39 @@ base = load_space()
 if base is None:
     st.stop()
 
-left, mid, right = st.columns([1, 1, 2])
-layout = left.radio("Layout", ["PCA", "UMAP"], horizontal=True, key="space_layout").lower()
+left, mid, right = st.columns([2, 1, 2])
+layout_name = left.radio("Layout", list(LAYOUTS.values()), horizontal=True, key="space_layout")
+layout = next(k for k, v in LAYOUTS.items() if v == layout_name)
 dims = int(mid.radio("Dimensions", ["2D", "3D"], horizontal=True, key="space_dims")[0])
 layer = base["target_layer"]
-if layout == "pca":
-    layer = right.slider("Layer (PCA)", 0, base["n_layers"] - 1, base["target_layer"], key="space_layer")
+if layout != "umap":
+    layer = right.slider("Layer", 0, base["n_layers"] - 1, base["target_layer"], key="space_layer")
 summary = load_space(layer) if layer != base["target_layer"] else base
 if summary is None:
     st.stop()
 
 names = sorted(r["name"] for r in summary["roles"])
-highlight = st.multiselect("Search and highlight archetypes", names, key="space_highlight")
-fig = persona_map(summary, layout, dims, highlight)
+a_col, b_col = st.columns([4, 1])
+highlight = a_col.multiselect("Search and highlight archetypes", names, key="space_highlight")
+weak = summary.get("weak") or {}
+hide_weak = b_col.toggle(f"Hide weak ({len(weak)})", key="space_hide_weak")
+fig = persona_map(summary, layout, dims, highlight, hide_weak=hide_weak)
 st.plotly_chart(fig, width="stretch", key="persona_map")
-st.caption(
-    f"{summary['model']['name']} — {len(summary['roles'])} archetypes kept, {len(summary['dropped'])} dropped. "
-    "Colour: projection on the Assistant Axis (blue = more Assistant-like). The star is the default Assistant. "
-    "PNG: the camera button on the chart."
-)
+st.caption(caption(summary, layout, dims, hide_weak))
 
-ranked = sorted(summary["roles"], key=lambda r: r["projection"], reverse=True)
 a, b = st.columns(2)
 with a:
     st.subheader("Most Assistant-like")
-    st.dataframe([{"archetype": r["name"], "projection": round(r["projection"], 2)} for r in ranked[:15]], hide_index=True)
+    st.dataframe(ranking_rows(summary, 15, most=True), hide_index=True)
 with b:
     st.subheader("Least Assistant-like")
-    st.dataframe([{"archetype": r["name"], "projection": round(r["projection"], 2)} for r in ranked[::-1][:15]], hide_index=True)
+    st.dataframe(ranking_rows(summary, 15, most=False), hide_index=True)
 
 if highlight:
     st.subheader("Highlighted")
     for role in [r for r in summary["roles"] if r["name"] in highlight]:
-        with st.expander(f"{role['name']} — {role['category']}, projection {role['projection']:.2f}"):
+        weak_note = f", weak ({role.get('in_role')} in-role answers)" if role.get("weak") else ""
+        with st.expander(f"{role['name']} — {role['category']}, projection {role['projection']:.2f}{weak_note}"):
             st.text(role["description"])
             example = role.get("example") or {}
             if example:
@@ -57,17 +55,18 @@ if highlight:
 c, d = st.columns(2)
 c.plotly_chart(variance_figure(summary), width="stretch", key="variance")
 d.plotly_chart(layer_figures(summary), width="stretch", key="by_layer")
+if weak:
+    plural = "s" if len(weak) != 1 else ""
+    with st.expander(f"{len(weak)} weak archetype{plural}: drawn, but too few in-role answers to shape the axis"):
+        st.dataframe([{"archetype": k, "in-role answers": v} for k, v in weak.items()], hide_index=True)
 if summary["dropped"]:
-    with st.expander(f"{len(summary['dropped'])} dropped archetypes and why"):
+    with st.expander(f"{len(summary['dropped'])} archetypes without any usable answer"):
         st.dataframe([{"archetype": k, "reason": v} for k, v in summary["dropped"].items()], hide_index=True)
 
-buffer = io.StringIO()
-writer = csv.writer(buffer)
-writer.writerow(["name", "category", "projection", "pc1", "pc2", "pc3", "umap2_x", "umap2_y"])
-for r in summary["roles"]:
-    writer.writerow([r["name"], r["category"], r["projection"], *r["pca"], *(r["umap_2d"] or ["", ""])])
 e, f = st.columns(2)
-e.download_button("Coordinates (CSV)", buffer.getvalue(), file_name=f"persona-space-layer{summary['layer']}.csv", mime="text/csv")
+e.download_button(
+    "Coordinates (CSV)", coordinates_csv(summary), file_name=f"persona-space-layer{summary['layer']}.csv", mime="text/csv"
+)
 if f.button("Prepare the chart as HTML (works offline)"):
     f.download_button(
         "Download chart (HTML)", fig.to_html(include_plotlyjs=True), file_name="persona-space.html", mime="text/html"
