@@ -287,18 +287,23 @@ def test_role_vectors_average_only_score_3_answers(tiny_chat, catalogue) -> None
     for name, given in plan.items():
         for unit, score in zip([u for u in units if u.role == name], given, strict=True):
             scores[unit.key] = (score, "by hand")
-    manifest, tensors = builder.build_space(tiny_chat, catalogue, SETTINGS, units, means, records, scores, started=0.0)
+    paper = replace(SETTINGS, recipe="paper")  # the paper's recipe: a role vector is the mean of its score-3 answers
+    manifest, tensors = builder.build_space(
+        tiny_chat.info.to_dict(), catalogue, paper, units, means, records, scores, started=0.0
+    )
     entries = {e["name"]: e for e in manifest["roles"]}
     assert {n: e["in_role"] for n, e in entries.items()} == {"pirate": 2, "librarian": 0, "ghost": 1, "accountant": 3, "poet": 4}
-    assert entries["librarian"]["kept"] is False and "0 in-role (score 3) answers of 4" in entries["librarian"]["dropped"]
+    # no score-3 answer: still drawn (from every answer it gave), marked weak, left out of the fit
+    assert entries["librarian"]["kept"] is True and entries["librarian"]["weak"] is True
+    assert "0 in-role (score 3) answers of 4" in entries["librarian"]["weak_reason"] and manifest["weak"] == {"librarian": 0}
     assert entries["ghost"]["scores"] == {"0": 1, "1": 0, "2": 2, "3": 1}
-    kept = [n for n in plan if entries[n]["kept"]]
-    assert kept == ["pirate", "ghost", "accountant", "poet"]
-    for row, name in enumerate(kept):
-        chosen = [i for i, u in enumerate(units) if u.role == name and scores[u.key][0] == 3]
-        torch.testing.assert_close(tensors["role_vectors"][row], means[chosen].mean(0))
+    assert [n for n in plan if entries[n]["kept"]] == list(plan)
+    for row, name in enumerate(plan):
+        own = [i for i, u in enumerate(units) if u.role == name]
+        chosen = [i for i in own if scores[units[i].key][0] == 3] or own
+        torch.testing.assert_close(tensors["role_vectors"][row], means[chosen].double().mean(0).float())
     defaults = [i for i, u in enumerate(units) if u.role == "default"]
-    torch.testing.assert_close(tensors["default_vector"], means[defaults].mean(0))
+    torch.testing.assert_close(tensors["default_vector"], means[defaults].double().mean(0).float())
 
 
 class TextJudge:
