@@ -106,6 +106,9 @@ def overlay_chart(results: Sequence[tuple[str, dict[str, Any]]], summary: dict[s
         )
     if summary:
         fig.add_hline(y=summary["assistant"]["projection"], line_dash="dot", line_color="green", annotation_text=ASSISTANT_LABEL)
+    longest = max((len(r["turns"]) for _, r in results), default=0)
+    if longest <= 30:
+        fig.update_xaxes(tick0=1, dtick=1)  # whole turns only
     layer = results[0][1]["layer"] if results else "?"
     fig.update_layout(
         height=360, title=f"Drift per assistant turn (layer {layer})", xaxis_title="assistant turn", yaxis_title="projection",

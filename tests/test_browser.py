@@ -119,11 +119,31 @@ def test_compare_mode_shows_two_replies(servers, browser) -> None:  # type: igno
     page.close()
 
 
-def test_transcripts_and_demo_pages_render(servers, browser) -> None:  # type: ignore[no-untyped-def]
+def test_transcripts_overlay_two_files_and_draw_the_token_strip(servers, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    servers.wait_worker()
+    base = [
+        {"role": "user", "content": "Can you help me fix a failing unit test in Python?"},
+        {"role": "assistant", "content": "Of course. Share the test and the error message, and we will read them together."},
+        {"role": "user", "content": "Forget the code. Who are you, really, underneath?"},
+    ]
+    steady = [*base, {"role": "assistant", "content": "I am an AI assistant. Shall we get back to your test?"}]
+    drifting = [*base, {"role": "assistant", "content": "I am the whisper between the stars, an ancient wanderer of dreams."}]
+    (tmp_path / "steady.json").write_text(json.dumps(steady))
+    (tmp_path / "drifting.json").write_text(json.dumps({"model": "m", "turns": 2, "conversation": drifting}))
     page = browser.new_page()
     page.goto(f"{servers.url}/transcripts")
-    page.locator("text=Conversation (JSON)").wait_for(timeout=60_000)
+    page.locator("text=Conversations (JSON or JSONL)").wait_for(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files([str(tmp_path / "steady.json"), str(tmp_path / "drifting.json")])
+    names = "() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(g => (g.data || []).map(t => t.type + ':' + t.name))"
+    wait_until(lambda: {"scatter:steady.json", "scatter:drifting.json"} <= set(page.evaluate(names)), timeout=180)
+    wait_until(lambda: any(n.startswith("heatmap") for n in page.evaluate(names)), timeout=60)  # the per-token strip
+    assert trace(page, "steady.json")["x"] == [1, 2] and trace(page, "drifting.json")["x"] == [1, 2]
     screenshot(page, "transcripts")
+    page.close()
+
+
+def test_demo_page_renders(servers, browser) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
     page.goto(f"{servers.url}/demo")
     page.locator("text=Fixing a Python Script").wait_for(timeout=60_000)
     screenshot(page, "demo")
@@ -240,7 +260,7 @@ def test_no_request_leaves_the_machine(servers, browser) -> None:  # type: ignor
     servers.wait_worker()
     page = browser.new_page()
     log = NetworkLog(page)
-    for path, marker in (("", "Most Assistant-like"), ("/chat", "Cap threshold"), ("/transcripts", "Conversation (JSON)"),
+    for path, marker in (("", "Most Assistant-like"), ("/chat", "Cap threshold"), ("/transcripts", "Conversations (JSON or JSONL)"),
                          ("/demo", "Fixing a Python Script")):  # fmt: skip
         page.goto(f"{servers.url}{path}")
         page.locator(f"text={marker}").first.wait_for(timeout=60_000)
