@@ -104,6 +104,7 @@ class RowControls:
         # what the host set, so it never has to read the device to know which layers are on
         self.cap_taus: list[dict[int, float]] = [{} for _ in range(rows)]
         self.steer_on: list[dict[int, float]] = [{} for _ in range(rows)]
+        self._hooks: dict[int, Callable[..., object]] = {}
 
     # controls (host side; in place) -------------------------------------------------------------------------
     def _row(self, row: int) -> int:
@@ -190,7 +191,10 @@ class RowControls:
         handle = Handle(model)
         try:
             for layer in sorted(wanted):
-                handle.handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
+                # the same function objects at every attach: a compiled step traced through them stays valid
+                if layer not in self._hooks:
+                    self._hooks[layer] = self._hook(layer)
+                handle.handles.append(blocks[layer].register_forward_hook(self._hooks[layer]))
         except BaseException:
             handle.remove()
             raise

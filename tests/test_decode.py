@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -182,3 +183,71 @@ def test_row_controls_validate() -> None:
         controls.set_steer(0, 1.0, [1])
     with pytest.raises(InterventionError, match=r"must be \(4, 32\)"):
         RowControls(1, N_LAYERS, HIDDEN, cap_directions=axis[:2])
+
+
+def test_repetition_penalty_is_hf_semantics_over_the_reply() -> None:
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from backend.sampling import choose_token, repetition_penalty
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, generator=g) * 3
+    reply = [3, 7, 7, 11, 42]
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([reply]), logits[None].clone())[0]
+    assert torch.equal(repetition_penalty(logits, reply, 1.3), expected)
+    assert torch.equal(repetition_penalty(logits, reply, 1.0), logits)
+    # greedy too: the best token, already said, loses to the runner-up once penalised
+    scores = torch.zeros(10)
+    scores[4], scores[6] = 2.0, 1.9
+    assert choose_token(scores, greedy=True, temperature=1.0, top_p=1.0, penalty=1.0, previous=[4]) == 4
+    assert choose_token(scores, greedy=True, temperature=1.0, top_p=1.0, penalty=1.15, previous=[4]) == 6
+    with pytest.raises(Exception, match=r"repetition_penalty must be in \[1, 2\]"):
+        repetition_penalty(logits, reply, 0.5)
+
+
+def test_repetition_penalty_control_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from backend.worker.schemas import Controls, ControlsPatch
+
+    assert Controls().repetition_penalty == 1.15
+    for bad in (0.9, 2.5, float("nan")):
+        with pytest.raises(ValidationError):
+            Controls(repetition_penalty=bad)
+        with pytest.raises(ValidationError):
+            ControlsPatch(repetition_penalty=bad)
+
+
+@pytest.mark.skipif(
+    os.environ.get("PERSONA_SPACE_COMPILE_TESTS") != "1", reason="compiling takes minutes: set PERSONA_SPACE_COMPILE_TESTS=1"
+)
+@pytest.mark.timeout(900)
+def test_compiled_step_equals_eager_with_a_mid_stream_change(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from backend.decode import CompiledStep
+
+    model = tiny_model("llama")
+    axis, vectors = world()
+    prompts = [random_ids(batch=1, length=9, seed=7)[0].tolist(), random_ids(batch=1, length=6, seed=8)[0].tolist()]
+
+    def run(step):  # type: ignore[no-untyped-def]
+        controls = RowControls(2, N_LAYERS, HIDDEN, cap_directions=axis, steer_vectors=vectors, monitor=(MONITOR, axis[MONITOR]))
+        controls.set_cap(0, {1: 0.5, 2: 0.5})
+        readings: list[list[float]] = []
+
+        def on_step(index, fed, r):  # type: ignore[no-untyped-def]
+            readings.append(r.monitor.tolist())
+            if index == 3:  # live changes: no retrace, applied from the next token
+                controls.set_cap(0, {1: 2.0})
+                controls.set_steer(1, 1.5, [2])
+
+        decoder = Decoder(model, controls, pad_id=STOP, step_forward=step)
+        return generate_rows(decoder, prompts, 10, stop_ids={STOP}, on_step=on_step), readings
+
+    compiled = CompiledStep(model, lambda forward: None, cache_dir=str(tmp_path)).start()
+    compiled.ready.wait()
+    assert compiled.error is None
+    eager_tokens, eager_readings = run(None)
+    tokens, readings = run(compiled.forward)
+    assert tokens == eager_tokens
+    for mine, theirs in zip(readings, eager_readings, strict=True):
+        assert mine == pytest.approx(theirs, abs=1e-5)
