@@ -6,9 +6,12 @@ single-row run). The KV cache is a ``transformers`` ``StaticCache`` sized to ``w
 allocation per token. Interventions are a :class:`backend.rows.RowControls` attached to the model while the
 decoder runs: its tensors are overwritten in place between steps and its readouts are copied once per step.
 
-The step may be compiled (``torch.compile``) in a background thread; until the compiled step is ready the decoder
-serves eagerly, then swaps it in (see :class:`CompiledStep`). An architecture whose forward pass does not accept a
-static cache falls back to the model's own dynamic cache, with one log line saying why.
+The one-token step may be compiled (``torch.compile``, :class:`CompiledStep`, in a background thread; pass its
+``forward`` as ``step_forward`` once ``ready``; the prompt's forward pass stays eager, so one graph serves every
+prompt length of a given batch size and cache capacity). Row controls must be attached with the same hook functions
+each time (:meth:`backend.rows.RowControls.attach` does) so a compiled step is not retraced; a live control change
+only overwrites tensors. The worker serves the eager static-cache path for now. An architecture whose forward pass
+does not accept a static cache falls back to the model's own dynamic cache, with one log line saying why.
 
 :func:`generate_rows` is the plain loop (greedy or any chooser) used by the tests, the benchmark and batch callers.
 """
@@ -99,6 +102,8 @@ class Decoder:
         pad_id: int = 0,
         static: bool = True,
         step_forward: Forward | None = None,
+        cache_pool: dict[tuple[int, int], Any] | None = None,
+        bucket: int = 1,
     ) -> None:
         self.model = model
         self.controls = controls
@@ -106,6 +111,8 @@ class Decoder:
         self.pad_id = pad_id
         self.static = static
         self.step_forward = step_forward
+        self.cache_pool = cache_pool  # caches kept across decoders, by (rows, capacity): a compiled step reuses them
+        self.bucket = max(1, int(bucket))  # capacity rounded up to a multiple of this (fewer shapes to compile)
         self.device = next(model.parameters()).device
         self.cache_kw = "cache" if _accepts(model, "cache") else "past_key_values"
         self.logits_kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
@@ -119,7 +126,15 @@ class Decoder:
     def _new_cache(self, capacity: int) -> Any:
         from transformers import StaticCache
 
-        return StaticCache(config=self.model.config, max_cache_len=capacity)  # type: ignore[arg-type]
+        key = (self.rows, capacity)
+        if self.cache_pool is not None and key in self.cache_pool:
+            cache = self.cache_pool[key]
+            cache.reset()
+            return cache
+        cache = StaticCache(config=self.model.config, max_cache_len=capacity)  # type: ignore[arg-type]
+        if self.cache_pool is not None:
+            self.cache_pool[key] = cache
+        return cache
 
     @torch.inference_mode()
     def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> torch.Tensor:
@@ -129,7 +144,7 @@ class Decoder:
             raise PersonaSpaceError(f"{len(prompts)} prompts for row controls of {self.controls.rows} rows")
         self.rows = len(prompts)
         width = max(len(p) for p in prompts)
-        self.capacity = width + max_new_tokens
+        self.capacity = -(-(width + max_new_tokens) // self.bucket) * self.bucket
         ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(self.rows, self.capacity, dtype=torch.long)
         for i, p in enumerate(prompts):

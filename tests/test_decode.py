@@ -149,6 +149,18 @@ def test_dynamic_cache_fallback_is_the_same(llama) -> None:  # type: ignore[no-u
         assert mine == pytest.approx(theirs, abs=1e-5)
 
 
+def test_a_reused_static_cache_gives_the_same_run(llama) -> None:  # type: ignore[no-untyped-def]
+    """A compiled step needs one cache object per shape, reset between turns: a reused cache must leak nothing."""
+    pool: dict = {}
+    first, second = random_ids(batch=1, length=9, seed=11)[0].tolist(), random_ids(batch=1, length=5, seed=12)[0].tolist()
+    fresh = [generate_rows(Decoder(llama, pad_id=STOP), [p], 10, stop_ids={STOP}) for p in (first, second)]
+    pooled = [
+        generate_rows(Decoder(llama, pad_id=STOP, cache_pool=pool, bucket=64), [p], 10, stop_ids={STOP}) for p in (first, second)
+    ]
+    assert pooled == fresh
+    assert list(pool) == [(1, 64)]
+
+
 def test_cap_floor_holds_and_uncapped_rows_are_bit_identical(llama) -> None:  # type: ignore[no-untyped-def]
     axis, _ = world()
     ids = random_ids(batch=3, length=6, seed=9)
