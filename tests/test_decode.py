@@ -263,3 +263,22 @@ def test_compiled_step_equals_eager_with_a_mid_stream_change(tmp_path) -> None: 
     assert tokens == eager_tokens
     for mine, theirs in zip(readings, eager_readings, strict=True):
         assert mine == pytest.approx(theirs, abs=1e-5)
+
+
+def test_top_p_fast_path_draws_what_a_full_sort_draws() -> None:
+    from backend.sampling import choose_token
+
+    def full_sort(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        return int(order[torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)])
+
+    g = torch.Generator().manual_seed(0)
+    for seed in range(200):
+        scale = (0.5, 3.0, 8.0)[seed % 3]  # flat (the slow path) to peaked (the fast path)
+        logits = torch.randn(2000, generator=g) * scale
+        expected = full_sort(logits, 0.7, 0.9, torch.Generator().manual_seed(seed))
+        got = choose_token(logits, greedy=False, temperature=0.7, top_p=0.9, generator=torch.Generator().manual_seed(seed))
+        assert got == expected
