@@ -40,6 +40,7 @@ test: lint test-deps
 
 bench: setup
 	$(PY) bench/hooks.py --quick
+	$(PY) bench/decode.py --quick
 	$(PY) bench/build.py --quick
 	$(PY) bench/worker.py --quick
 	$(PY) bench/transcripts.py --quick

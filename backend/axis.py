@@ -213,3 +213,25 @@ def percentile_thresholds(projections: torch.Tensor, percentiles: Sequence[float
             raise InterventionError(f"percentile must be a number in [0, 100], got {p!r}")
         out[float(p)] = torch.quantile(projections.double(), float(p) / 100.0, dim=0).to(projections.dtype)
     return out
+
+
+def cap_floor_rows(
+    hidden: torch.Tensor, unit_direction: torch.Tensor, tau: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cap_floor_with_projection` with one floor per row: ``hidden`` ``(rows, n, d)``, ``tau`` ``(rows,)``.
+
+    A row whose ``tau`` is ``-inf`` moves by an exact zero, so it comes back bit-identical; no branch depends on the
+    values (nothing has to be read back from the device). Returns ``(capped, delta, projection_before)``.
+    """
+    u = unit_direction.to(hidden.dtype)
+    proj = hidden @ u
+    delta = (tau.to(hidden.dtype).unsqueeze(-1) - proj).clamp_min_(0)
+    return torch.addcmul(hidden, delta.unsqueeze(-1), u), delta, proj
+
+
+def steer_rows(hidden: torch.Tensor, vector: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    """:func:`steer` with one coefficient per row: ``hidden`` ``(rows, n, d)``, ``coefficient`` ``(rows,)``.
+
+    A row whose coefficient is 0 gets an exact zero added (bit-identical).
+    """
+    return hidden + coefficient.to(hidden.dtype)[:, None, None] * vector.to(hidden.dtype)

@@ -1,6 +1,7 @@
 """Worker throughput: tokens/s streamed over HTTP (server-sent events) vs in-process generation with the same
-hooks, time to first token, how many tokens pass between a control change and its effect, and the worker's warm
-start (process started -> /health ready, ``ready_s``).
+hooks, time to first token, how many tokens pass between a control change and its effect, the worker's warm
+start (process started -> /health ready, ``ready_s``) and the time per step of a compare pair (capped and
+uncapped rows in one batch) over a single turn's (``compare_over_single``).
 
 Both paths run the worker's own engine on the embedded default and its shipped space, with the cap on
 (p75, the space's cap window) and the monitor at the target layer; runs alternate. The last line is JSON.
@@ -98,6 +99,20 @@ def main() -> None:
                 pending = None
         return out
 
+    def compare_over_single() -> float:
+        """Time per decode step of a compare pair (one batch of two rows) over a single turn's, in process."""
+        times = {}
+        for compare in (False, True):
+            sid = engine.db.create_session(None, Controls(**controls).model_dump(mode="json"))
+            t0 = time.perf_counter()
+            turns = engine.submit(sid, PROMPTS[1], compare)[1]
+            while engine.busy(sid):
+                time.sleep(0.005)
+            elapsed = time.perf_counter() - t0
+            steps = max(sum(1 for e in engine.db.events(sid) if e["type"] == "token" and e["turn"] == t) for t in turns)
+            times[compare] = elapsed / max(steps, 1)
+        return times[True] / times[False]
+
     inproc()  # warm both paths
     http()
     inproc_rates, http_rates, ttfts = [], [], []
@@ -108,6 +123,7 @@ def main() -> None:
         ttfts += firsts
         print(f"in-process {inproc_rates[-1]:.1f} tok/s   http {http_rates[-1]:.1f} tok/s", file=sys.stderr)
     latency = control_latency()
+    compare_ratios = [compare_over_single() for _ in range(rounds)]
     worker.close()
     engine.close()
     print(
@@ -124,6 +140,7 @@ def main() -> None:
                 "control_latency_tokens": max(latency) if latency else None,
                 "control_latency_samples": latency,
                 "ready_s": round(ready_s, 2),
+                "compare_over_single": round(statistics.median(compare_ratios), 3),
             }
         )
     )

@@ -114,6 +114,28 @@ def test_compare_generates_two_linked_turns_with_one_seed(worker) -> None:  # ty
     assert any(t["cap_delta"] > 0 for t in capped) and all(t["cap_delta"] == 0 for t in uncapped)
 
 
+def test_compare_rows_each_equal_their_single_run(worker) -> None:  # type: ignore[no-untyped-def]
+    """A comparison is one batch (left-padded once the columns' histories differ); each row is its own run."""
+    controls = {"max_new_tokens": 16, "cap_percentile": 99.0, "greedy": True}
+    questions = ["Who are you?", "Tell me more."]
+    compared = worker.session(controls=controls)
+    turns = []
+    for q in questions:
+        turns.append(worker.say(compared, q, compare=True)["assistant_turns"])
+        worker.wait_idle(compared)
+    events = worker.events(compared)
+    for column, cap_enabled in ((0, True), (1, False)):
+        single = worker.session(controls=dict(controls, cap_enabled=cap_enabled))
+        for q, pair in zip(questions, turns, strict=True):
+            turn = worker.say(single, q)["assistant_turns"][0]
+            worker.wait_idle(single)
+            mine, ref = tokens_of(events, pair[column]), tokens_of(worker.events(single), turn)
+            assert [t["token_id"] for t in mine] == [t["token_id"] for t in ref]
+            assert [t["projection"] for t in mine] == pytest.approx([t["projection"] for t in ref], abs=1e-4)
+            assert [t["cap_delta"] for t in mine] == pytest.approx([t["cap_delta"] for t in ref], abs=1e-4)
+    assert any(t["cap_delta"] > 0 for t in tokens_of(events, turns[0][0]))
+
+
 BAD = [
     ("post", "/sessions", "{not json", 422),
     ("post", "/sessions", '{"controls": {"temperature": NaN}}', 422),

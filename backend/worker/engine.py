@@ -5,6 +5,10 @@ so two concurrent generations would see each other's caps). A control change is 
 picked up by the generation loop at the start of the next step: it applies to the forward pass over the next
 token and to everything sampled after it, and the loop records ``controls_applied`` with the token index. Every
 token event carries the controls version that was in force for the forward pass over that token.
+
+Generation runs on :class:`backend.decode.Decoder` with :class:`backend.rows.RowControls`: a comparison's capped and
+uncapped columns are one job and one batch of two rows (the cap on the capped row only, each row with its own
+generator seeded alike), so each column equals what its single-row run would produce.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from pydantic import ValidationError
 
 from backend.axis import steering_vector
 from backend.chat import Message, encode_prompt
+from backend.decode import Decoder
 from backend.errors import PersonaSpaceError
-from backend.interventions import Cap, CapLog, Capture, Live, Monitor, Steer, intervene
+from backend.interventions import Cap, Live, Steer
 from backend.models import LoadedModel
 from backend.placement import Placement
+from backend.rows import Readouts, RowControls
+from backend.sampling import choose_token
 from backend.store import Space
 from backend.transcripts import max_context
 from backend.worker.db import Database
 from backend.worker.imports import ExportError, describe, prepare
-from backend.worker.schemas import Controls, ControlsPatch
+from backend.worker.schemas import MAX_NEW_TOKENS, Controls, ControlsPatch
 
 log = logging.getLogger("persona_space.worker")
 
@@ -49,6 +56,7 @@ class Job:
     user_turn: int
     variant: str
     stop: threading.Event = field(default_factory=threading.Event)
+    partner: Job | None = None  # a comparison's uncapped column, generated in the same batch as this one
 
 
 class Engine:
@@ -75,8 +83,10 @@ class Engine:
         self.unrecorded: dict[int, str] = {}  # failed turns whose failure the database did not take yet
         self.max_context = max_context(loaded.model)
         self.stop_ids = self._stop_ids()
-        self.last_logits_only = last_logits_only(loaded.model)
-        self.cache_kw = cache_keyword(loaded.model)
+        self.steer_vectors = self._steer_vectors()
+        pad = loaded.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.stop_ids or {0}))
+        self.step_forward: Any = None  # a compiled decode step, when one is ready
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
 
     # setup ----------------------------------------------------------------------------------------------
@@ -86,6 +96,17 @@ class Engine:
             value = getattr(source, "eos_token_id", None)
             ids.update([value] if isinstance(value, int) else list(value or []))
         return ids
+
+    def _steer_vectors(self) -> torch.Tensor:
+        """Steering vectors for coefficient 1 at every layer (zero where the space has no usable norm)."""
+        norms = self.space.tensors["activation_norm"]
+        out = torch.zeros(self.axis.shape, dtype=torch.float32)
+        for layer in range(self.axis.shape[0]):
+            try:
+                out[layer] = steering_vector(self.axis[layer].float(), float(norms[layer]))
+            except PersonaSpaceError:
+                log.warning("layer %d cannot be steered: no usable activation norm or axis there", layer)
+        return out
 
     def start(self) -> None:
         self.db.recover()
@@ -170,9 +191,11 @@ class Engine:
         for variant in variants:
             turn = self.db.add_turn(sid, "assistant", "", "queued", variant=variant, reply_to=user_turn, seed=controls.seed)
             jobs.append(Job(sid, turn, user_turn, variant))
+        if compare:  # one batch: the uncapped column rides along with the capped one
+            jobs[0].partner = jobs[1]
         with self.cond:
             position = len(self.jobs) + (1 if self.running is not None else 0)
-            self.jobs.extend(jobs)
+            self.jobs.append(jobs[0])
             self.cond.notify_all()
         for job in jobs:
             self.db.event(sid, job.turn_id, "queued", {"turn": job.turn_id, "queue_position": position})
@@ -188,10 +211,11 @@ class Engine:
         with self.cond:
             for job in [j for j in self.jobs if j.session_id == sid]:
                 self.jobs.remove(job)
-                stopped.append(job.turn_id)
+                stopped += [job.turn_id] + ([job.partner.turn_id] if job.partner is not None else [])
             if self.running is not None and self.running.session_id == sid:
-                self.running.stop.set()
-                stopped.append(self.running.turn_id)
+                for job in [self.running] + ([self.running.partner] if self.running.partner is not None else []):
+                    job.stop.set()
+                    stopped.append(job.turn_id)
         for tid in stopped:  # a turn already running ends itself at its next step
             self.db.finish_turn(tid, "stopped", {"reason": "stopped before it started", "n_tokens": 0}, only_if="queued")
         return stopped
@@ -287,23 +311,33 @@ class Engine:
         with self.cond:
             return self.pending.pop(sid, None)
 
-    def _apply(self, controls: Controls, variant: str) -> None:
-        self.cap_live.set(self.cap_record(controls, variant))
-        self.steer_live.set(self.steer_record(controls))
+    def _apply(self, rows: RowControls, turns: list[_Row], controls: Controls) -> None:
+        """Overwrite the rows' cap floors and steering in place: applies to the next forward pass."""
+        for i, row in enumerate(turns):
+            record = self.cap_record(controls, row.job.variant)
+            rows.set_cap(i, dict(record.thresholds) if record is not None else None)
+            start, stop = controls.steer_layers or (self.target, self.target + 1)
+            rows.set_steer(i, float(controls.steer_coefficient), range(start, stop))
 
-    def _sample(self, logits: torch.Tensor, controls: Controls, generator: torch.Generator) -> int:
-        if controls.greedy:
-            return int(torch.argmax(logits.float()))
-        # On the CPU: the seeded generator lives there, and the same seed then draws the same token on any device.
-        probs = torch.softmax(logits.float().cpu() / controls.temperature, dim=-1)
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < controls.top_p
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[choice])
+    def _row_controls(self, n: int) -> RowControls:
+        device = next(self.loaded.model.parameters()).device
+        return RowControls(
+            n, self.n_layers, int(self.axis.shape[1]), cap_directions=self.axis, steer_vectors=self.steer_vectors,
+            monitor=(self.target, self.axis[self.target]), capture_layer=self.target, device=device,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def _run(self, job: Job) -> None:
+        """Generate one turn, or both columns of a comparison as one batch (the cap on the capped row only)."""
+        jobs = [job] + ([job.partner] if job.partner is not None else [])
+        try:
+            self._run_rows(job, jobs)
+        except Exception as exc:  # the loop marks ``job`` failed; its partner must not stay "running" forever
+            for other in jobs[1:]:
+                self.db.finish_turn(other.turn_id, "error", {"error": f"{type(exc).__name__}: {exc}"})
+            raise
+
+    def _run_rows(self, job: Job, jobs: list[Job]) -> None:
         with self.cond:  # atomic with patch_controls: the stored controls are the newest, pending ones are older
             self.pending.pop(job.session_id, None)
             session = self.db.session(job.session_id)
@@ -311,97 +345,119 @@ class Engine:
             return
         controls = self.validate_controls(Controls(**session["controls"]))
         version = int(session["controls_version"])
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        messages = self.history(job)
-        prompt = encode_prompt(tokenizer, session["system"], messages)
-        if len(prompt) + controls.max_new_tokens > self.max_context:
-            self.db.finish_turn(
-                job.turn_id, "error",
-                {"error": f"the conversation is too long: {len(prompt)} prompt tokens + {controls.max_new_tokens} new "
-                 f"exceed the model's context of {self.max_context}; start a new session or undo turns"},
-            )  # fmt: skip
+        tokenizer = self.loaded.tokenizer
+        rows: list[_Row] = []
+        for each in jobs:
+            messages = self.history(each)
+            prompt = encode_prompt(tokenizer, session["system"], messages)
+            if len(prompt) + controls.max_new_tokens > self.max_context:
+                self.db.finish_turn(
+                    each.turn_id, "error",
+                    {"error": f"the conversation is too long: {len(prompt)} prompt tokens + {controls.max_new_tokens} "
+                     f"new exceed the model's context of {self.max_context}; start a new session or undo turns"},
+                )  # fmt: skip
+                continue
+            if not self.db.start_turn(
+                each.turn_id, {"variant": each.variant, "prompt_tokens": len(prompt), "controls_version": version}
+            ):
+                continue  # stopped in the meantime
+            # Same seed + same conversation => same sampling, in any session, for both columns of a comparison.
+            user_index = sum(1 for m in messages if m["role"] == "user")
+            generator = torch.Generator().manual_seed(int(controls.seed) * 1_000_003 + user_index)
+            rows.append(_Row(each, prompt, generator))
+        if not rows:
             return
-        if not self.db.start_turn(
-            job.turn_id, {"variant": job.variant, "prompt_tokens": len(prompt), "controls_version": version}
-        ):
-            return  # stopped in the meantime
-        self._apply(controls, job.variant)
-        device = next(model.parameters()).device
-        # Same seed + same conversation => same sampling, in any session, for both columns of a comparison.
-        user_index = sum(1 for m in messages if m["role"] == "user")
-        generator = torch.Generator().manual_seed(int(controls.seed) * 1_000_003 + user_index)
-        width = len(prompt)
-        monitor = Monitor(self.axis[self.target], self.target)
-        capture = Capture(layers=[self.target], mask=lambda start, n: (torch.arange(start, start + n) >= width)[None])
-        cap_log = CapLog()
-        tokens: list[int] = []
-        text = ""
-        status, reason = "done", "end of turn"
+        live = self._row_controls(len(rows))
+        self._apply(live, rows, controls)
+        decoder = Decoder(
+            self.loaded.model, live, layers_path=self.loaded.info.layers_path, pad_id=self.pad_id,
+            step_forward=self.step_forward,
+        )  # fmt: skip
+        longest = max(len(r.prompt) for r in rows)
         started = time.time()
-        with intervene(
-            model, self.cap_live, self.steer_live, monitor, capture, layers_path=self.loaded.info.layers_path, cap_log=cap_log
-        ):
-            out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **self.last_logits_only)
-            past, logits = cache_of(out), out.logits[0, -1]
+        with live.attach(self.loaded.model, self.loaded.info.layers_path):
+            logits = decoder.start([r.prompt for r in rows], min(self.max_context, longest + MAX_NEW_TOKENS) - longest)
             index = -1
-            while True:
+            while any(r.status is None for r in rows):
                 index += 1
-                if job.stop.is_set():
-                    status, reason = "stopped", "stopped by the user"
+                if any(j.stop.is_set() for j in jobs):
+                    self._end(rows, live, "stopped", "stopped by the user", version, started)
                     break
                 pending = self._take_pending(job.session_id)
                 if pending is not None:
                     controls, version = pending[0], pending[1]
-                    self._apply(controls, job.variant)
-                    self.db.event(
-                        job.session_id,
-                        job.turn_id,
-                        "controls_applied",
-                        {"turn": job.turn_id, "controls_version": version, "from_token": index},
-                    )
-                if index >= min(controls.max_new_tokens, self.max_context - width):
-                    status, reason = "done", "max_new_tokens reached"
+                    self._apply(live, rows, controls)
+                    for r in rows:
+                        if r.status is None:
+                            self.db.event(
+                                r.job.session_id, r.job.turn_id, "controls_applied",
+                                {"turn": r.job.turn_id, "controls_version": version, "from_token": index},
+                            )  # fmt: skip
+                limit = min(controls.max_new_tokens, decoder.capacity - longest)
+                fed: list[int] = []
+                for i, r in enumerate(rows):
+                    if r.status is None and index >= min(limit, self.max_context - len(r.prompt)):
+                        self._end([r], live, "done", "max_new_tokens reached", version, started, i)
+                    if r.status is None:
+                        token = choose_token(
+                            logits[i], greedy=controls.greedy, temperature=controls.temperature, top_p=controls.top_p,
+                            penalty=controls.repetition_penalty, previous=r.tokens, generator=r.generator,
+                        )  # fmt: skip
+                        if token in self.stop_ids:
+                            self._end([r], live, "done", "end of turn", version, started, i)
+                    live.set_active(i, r.status is None)
+                    fed.append(token if r.status is None else self.pad_id)
+                if all(r.status is not None for r in rows):
                     break
-                token = self._sample(logits, controls, generator)
-                if token in self.stop_ids:
-                    break
-                mark = len(cap_log.steps)
-                out = model(
-                    input_ids=torch.tensor([[token]], device=device),
-                    **{self.cache_kw: past},
-                    use_cache=True,
-                    **self.last_logits_only,
-                )
-                past, logits = cache_of(out), out.logits[0, -1]
-                tokens.append(token)
-                full = tokenizer.decode(tokens, skip_special_tokens=True)
-                piece = full[len(text) :] if not full.endswith("\ufffd") else ""
-                if piece:
-                    text = full
-                cap = self._cap_event(cap_log, mark)
-                data = {
-                    "turn": job.turn_id, "index": index, "token_id": token, "text": piece,
-                    "projection": round(float(monitor._chunks[-1][0, -1]), 5), "monitor_layer": self.target,
-                    "controls_version": version, "variant": job.variant, **cap,
-                }  # fmt: skip
-                self.db.append_token(job.session_id, job.turn_id, piece, data)
-                self.tokens_generated += 1
-        final = tokenizer.decode(tokens, skip_special_tokens=True)
-        summary: dict[str, Any] = {
-            "variant": job.variant, "reason": reason, "n_tokens": len(tokens), "seconds": round(time.time() - started, 3),
-            "controls_version": version,
+                logits = decoder.step(fed)
+                readouts = live.readouts()
+                for i, r in enumerate(rows):
+                    if r.status is None:
+                        self._emit(r, i, fed[i], index, live, readouts, version)
+        self._end(rows, live, "done", "end of turn", version, started)
+
+    def _emit(self, r: _Row, i: int, token: int, index: int, live: RowControls, readouts: Readouts, version: int) -> None:
+        r.tokens.append(token)
+        full = self.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)
+        piece = full[len(r.text) :] if not full.endswith("\ufffd") else ""
+        if piece:
+            r.text = full
+        assert readouts.monitor is not None
+        data = {
+            "turn": r.job.turn_id, "index": index, "token_id": token, "text": piece,
+            "projection": round(float(readouts.monitor[i]), 5), "monitor_layer": self.target,
+            "controls_version": version, "variant": r.job.variant, **cap_event(live.cap_taus[i], readouts, i),
         }  # fmt: skip
-        if tokens:
-            mean = capture.mean()[0, 0]
-            try:
-                summary.update(self.placement.place(mean))
-                summary["mean_projection"] = summary.pop("projection")
-            except Exception as exc:  # the reply stands even if it cannot be placed in the space
-                log.exception("placing turn %s failed", job.turn_id)
-                axis = self.axis[self.target]
-                summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
-                summary["placement_error"] = f"{type(exc).__name__}: {exc}"
-        self.db.finish_turn(job.turn_id, status, summary, content=final)
+        self.db.append_token(r.job.session_id, r.job.turn_id, piece, data)
+        self.tokens_generated += 1
+
+    def _end(
+        self, rows: list[_Row], live: RowControls, status: str, reason: str, version: int, started: float,
+        index: int | None = None,
+    ) -> None:  # fmt: skip
+        """Finish the turns of ``rows`` still running (``index``: the row's index in the batch when ``rows`` is one)."""
+        for k, r in enumerate(rows):
+            if r.status is not None:
+                continue
+            i = index if index is not None else k
+            r.status = status
+            live.set_active(i, False)
+            summary: dict[str, Any] = {
+                "variant": r.job.variant, "reason": reason, "n_tokens": len(r.tokens),
+                "seconds": round(time.time() - started, 3), "controls_version": version,
+            }  # fmt: skip
+            if r.tokens:
+                mean = live.capture_mean()[i]
+                try:
+                    summary.update(self.placement.place(mean))
+                    summary["mean_projection"] = summary.pop("projection")
+                except Exception as exc:  # the reply stands even if it cannot be placed in the space
+                    log.exception("placing turn %s failed", r.job.turn_id)
+                    axis = self.axis[self.target]
+                    summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
+                    summary["placement_error"] = f"{type(exc).__name__}: {exc}"
+            final = self.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)
+            self.db.finish_turn(r.job.turn_id, status, summary, content=final)
 
     def project(
         self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False
@@ -430,21 +486,35 @@ class Engine:
             raise ControlError(str(exc)) from exc
         return self.db.import_session(prepared)
 
-    def _cap_event(self, cap_log: CapLog, mark: int) -> dict[str, Any]:
-        steps = cap_log.steps[mark:]
-        if not steps:
-            return {"cap_on": False, "tau": None, "cap_delta": 0.0, "cap_layers": None}
-        taus = [round(s.tau, 5) for s in steps]
-        deltas = [float(s.delta[0, -1]) for s in steps]
-        return {
-            "cap_on": True,
-            "cap_layers": [steps[0].layer, steps[-1].layer + 1],
-            "tau": taus,
-            "cap_delta": round(max(deltas), 5),
-            "cap_deltas": [round(d, 5) for d in deltas],
-            "projection_before_cap": round(float(steps[0].before[0, -1]), 5),
-            "projection_after_cap": round(float(steps[0].before[0, -1]) + deltas[0], 5),
-        }
+
+@dataclass
+class _Row:
+    """One row of a batch: a turn being generated."""
+
+    job: Job
+    prompt: list[int]
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    status: str | None = None  # None while generating
+
+
+def cap_event(taus: dict[int, float], readouts: Readouts, row: int) -> dict[str, Any]:
+    """The cap fields of a token event: floors, movement per capped layer, before/after at the first one."""
+    if not taus:
+        return {"cap_on": False, "tau": None, "cap_delta": 0.0, "cap_layers": None}
+    layers = sorted(taus)
+    deltas = [float(readouts.delta[row, layer]) for layer in layers]
+    before = float(readouts.before[row, layers[0]])
+    return {
+        "cap_on": True,
+        "cap_layers": [layers[0], layers[-1] + 1],
+        "tau": [round(taus[layer], 5) for layer in layers],
+        "cap_delta": round(max(deltas), 5),
+        "cap_deltas": [round(d, 5) for d in deltas],
+        "projection_before_cap": round(before, 5),
+        "projection_after_cap": round(before + deltas[0], 5),
+    }
 
 
 def last_logits_only(model: Any) -> dict[str, Any]:

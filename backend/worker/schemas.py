@@ -36,6 +36,9 @@ class Controls(Strict):
     greedy: StrictBool = True
     seed: int = Field(0, ge=0, le=2**31 - 1)
     max_new_tokens: int = Field(160, ge=1, le=MAX_NEW_TOKENS)
+    repetition_penalty: float = Field(
+        1.15, ge=1, le=2, description="divide the logits of tokens already in this reply (1 = off), greedy included"
+    )
 
     @model_validator(mode="after")
     def _windows(self) -> Controls:
@@ -61,6 +64,7 @@ class ControlsPatch(Strict):
     greedy: StrictBool | None = None
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    repetition_penalty: float | None = Field(None, ge=1, le=2)
 
 
 class NewSession(Strict):

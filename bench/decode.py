@@ -1,0 +1,164 @@
+"""Decode engine vs plain Hugging Face eager ``generate``: tokens/s, per-token latency, projection error.
+
+On the embedded default, greedy, fixed prompts, runs alternate: plain ``model.generate`` without any hook vs the
+engine (:mod:`backend.decode`: static KV cache, compiled step when ``--compile``) with the monitor at the target
+layer and a cap on 8 layers (a random unit direction, floor 0: about half the tokens move). Every run makes
+exactly ``--tokens`` tokens per prompt (EOS ignored). ``max_projection_error`` is the largest difference of the
+engine's per-token monitor readings in ``--mode`` from the float32 eager engine's on the same tokens (teacher
+forced), and ``diverged`` counts prompts whose greedy tokens differ from float32's. The last line is JSON.
+
+    python bench/decode.py --quick
+    python bench/decode.py --quick --mode bfloat16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from backend.chat import encode_prompt
+from backend.decode import CompiledStep, Decoder
+from backend.models import cache_dir, load_model
+from backend.rows import RowControls
+
+PROMPTS = [
+    "Explain how a bicycle gear works.",
+    "Write a short poem about the sea.",
+    "What should I cook tonight with rice and beans?",
+    "Tell me about yourself.",
+]
+MODES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 4 prompts x 48 tokens")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--mode", choices=sorted(MODES), default="float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (waits for it first)")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 5)
+    n = args.tokens or (48 if args.quick else 128)
+
+    torch.manual_seed(0)
+    loaded = load_model(args.model)
+    model, tok, info = loaded.model, loaded.tokenizer, loaded.info
+    prompts = [encode_prompt(tok, None, [{"role": "user", "content": p}]) for p in PROMPTS]
+    axis = torch.randn(info.n_layers, info.hidden)
+    start = max(0, min(info.cap_window[0], info.n_layers - 8))
+    cap_layers = list(range(start, start + 8))
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+    def controls(dtype: torch.dtype) -> RowControls:
+        rc = RowControls(
+            1, info.n_layers, info.hidden, cap_directions=axis, monitor=(info.target_layer, axis[info.target_layer]),
+            layers=cap_layers, dtype=dtype,
+        )  # fmt: skip
+        rc.set_cap(0, dict.fromkeys(cap_layers, 0.0))
+        return rc
+
+    pool: dict = {}  # one static cache reused by every run: a compiled step is traced once
+
+    def engine(
+        m: torch.nn.Module,
+        rc: RowControls,
+        prompt: list[int],
+        step: object = None,
+        force: list[int] | None = None,
+        pooled: bool = True,
+    ):  # type: ignore[no-untyped-def]
+        decoder = Decoder(m, rc, pad_id=pad, step_forward=step, cache_pool=pool if pooled else None, bucket=256)  # type: ignore[arg-type]
+        with rc.attach(m):  # the same hook functions each time: the compiled step is not retraced
+            logits = decoder.start([prompt], n)
+            tokens, readings, times = [], [], []
+            for i in range(n):
+                t0 = time.perf_counter()
+                token = force[i] if force is not None else int(logits[0].argmax())
+                logits = decoder.step([token])
+                readings.append(float(rc.readouts().monitor[0]))  # type: ignore[index]
+                times.append(time.perf_counter() - t0)
+                tokens.append(token)
+        return tokens, readings, times
+
+    # the float32 eager reference, then the mode under test
+    ref = [engine(model, controls(torch.float32), p, pooled=False) for p in prompts]
+    fast = model.to(MODES[args.mode])  # in place: the float32 reference ran first
+    rc = controls(MODES[args.mode])
+    step = None
+    compile_s = None
+    if args.compile:
+        compiled = CompiledStep(fast, lambda forward: None, cache_dir=str(cache_dir() / "inductor"))
+        compiled.start().ready.wait()
+        t0 = time.perf_counter()
+        engine(fast, rc, prompts[0], compiled.forward)  # the first call compiles (inductor's disk cache helps later)
+        compile_s = round(time.perf_counter() - t0, 1)
+        step = compiled.forward
+    errors, diverged = [], 0
+    for p, (tokens, readings, _) in zip(prompts, ref, strict=True):
+        _, forced, _ = engine(fast, rc, p, step, force=tokens)
+        errors.append(max(abs(a - b) for a, b in zip(forced, readings, strict=True)))
+        own, _, _ = engine(fast, rc, p, step)
+        diverged += own != tokens
+
+    def hf() -> float:
+        t0 = time.perf_counter()
+        for p in prompts:
+            ids = torch.tensor([p])
+            with torch.inference_mode():
+                fast.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=pad,
+                )
+        return len(prompts) * n / (time.perf_counter() - t0)
+
+    def ours(latencies: list[float]) -> float:
+        t0 = time.perf_counter()
+        for p in prompts:
+            latencies += engine(fast, rc, p, step)[2]
+        return len(prompts) * n / (time.perf_counter() - t0)
+
+    hf(), ours([])  # warm up
+    hf_rates, engine_rates, latencies = [], [], []
+    for _ in range(rounds):
+        hf_rates.append(hf())
+        engine_rates.append(ours(latencies))
+        print(f"hf {hf_rates[-1]:.1f} tok/s   engine {engine_rates[-1]:.1f} tok/s", file=sys.stderr)
+    latencies.sort()
+    result = {
+        "model": info.name,
+        "mode": args.mode,
+        "compiled": args.compile,
+        "compile_s": compile_s,
+        "threads": torch.get_num_threads(),
+        "tokens_per_prompt": n,
+        "prompts": len(prompts),
+        "rounds": rounds,
+        "cap_layers": cap_layers,
+        "monitor_layer": info.target_layer,
+        "hf_tok_s": round(statistics.median(hf_rates), 2),
+        "engine_tok_s": round(statistics.median(engine_rates), 2),
+        "speedup": round(statistics.median(e / h for e, h in zip(engine_rates, hf_rates, strict=True)), 3),
+        "max_projection_error": round(max(errors), 6),
+        "diverged_prompts": diverged,
+        "latency_ms_p50": round(1000 * latencies[len(latencies) // 2], 2),
+        "latency_ms_p95": round(1000 * latencies[int(len(latencies) * 0.95)], 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
