@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/build.py --quick
 	$(PY) bench/worker.py --quick
 	$(PY) bench/transcripts.py --quick
+	$(PY) bench/transcripts.py --long
 	$(PY) bench/soak.py --quick
 	$(PY) bench/app.py
 
