@@ -257,9 +257,10 @@ def test_cli_user_errors_are_one_line(tiny_world, tmp_path) -> None:  # type: ig
         "db folder": [*serve, "--db", str(tmp_path)],
         "db under a file": [*serve, "--db", str(a_file / "x.db")],
         "db garbage": [*serve, "--db", str(garbage)],
-        "empty host": [*serve, "--host", "", "--db", str(tmp_path / "h.db")],
-        "wildcard host": [*serve, "--host", "0.0.0.0", "--db", str(tmp_path / "h.db")],
-        "empty token file": [*serve, "--host", "0.0.0.0", "--token-file", str(tmp_path / "none"), "--db", str(tmp_path / "h.db")],
+        # a documentation address, never a wildcard: a regression must not open every interface during the test
+        # (that the empty host and wildcards count as non-loopback is checked on is_loopback itself, below)
+        "non-loopback host": [*serve, "--host", "192.0.2.1", "--db", str(tmp_path / "h.db")],
+        "empty token file": [*serve, "--host", "192.0.2.1", "--token-file", str(tmp_path / "none"), "--db", str(tmp_path / "h.db")],
         "nested transcript": [sys.executable, "-m", "backend", "project-transcript", str(nested), "--model", model, "--space", str(space)],
     }  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -275,6 +276,13 @@ def test_cli_user_errors_are_one_line(tiny_world, tmp_path) -> None:  # type: ig
         last = err.strip().splitlines()[-1]
         assert last.startswith(("error:", "python -m backend serve: error:")) and len(last) < 400, (name, err)
     assert not (tmp_path / "h.db").exists()  # refused before anything was written
+
+
+def test_empty_and_wildcard_hosts_are_not_loopback() -> None:
+    from backend.worker.guards import is_loopback
+
+    assert [is_loopback(h) for h in ("", " ", "0.0.0.0", "::", "[::]", "192.0.2.1", "example.org")] == [False] * 7
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost")] == [True] * 5
 
 
 @pytest.mark.parametrize(
