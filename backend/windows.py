@@ -69,10 +69,6 @@ class Window:
     context: int
     group: int
 
-    @property
-    def left_out(self) -> int:
-        return self.first_message
-
 
 @dataclass(frozen=True)
 class Group:

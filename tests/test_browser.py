@@ -56,6 +56,19 @@ def wait_until(fn, timeout: float = 120, step: float = 0.25):  # type: ignore[no
     raise TimeoutError("condition not met")
 
 
+def open_chat_and_send(servers: Servers, browser, text: str):  # type: ignore[no-untyped-def]
+    """A new page on the live chat, once the worker is ready, with ``text`` sent as the first message."""
+    servers.wait_worker()
+    page = browser.new_page()
+    page.goto(f"{servers.url}/chat")
+    box = page.get_by_placeholder("Say something to the model")
+    box.wait_for(timeout=60_000)
+    time.sleep(1)  # let the page's first run finish before typing
+    box.fill(text)
+    box.press("Enter")
+    return page
+
+
 def test_persona_space_shows_every_archetype(servers, browser) -> None:  # type: ignore[no-untyped-def]
     page = browser.new_page()
     page.goto(servers.url)
@@ -72,14 +85,7 @@ def test_persona_space_shows_every_archetype(servers, browser) -> None:  # type:
 
 
 def test_chat_streams_and_the_cap_slider_moves_mid_reply(servers, browser) -> None:  # type: ignore[no-untyped-def]
-    servers.wait_worker()
-    page = browser.new_page()
-    page.goto(f"{servers.url}/chat")
-    box = page.get_by_placeholder("Say something to the model")
-    box.wait_for(timeout=60_000)
-    time.sleep(1)
-    box.fill("Tell me a long story about a lighthouse keeper.")
-    box.press("Enter")
+    page = open_chat_and_send(servers, browser, "Tell me a long story about a lighthouse keeper.")
     wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 20, timeout=90)
     page.locator("text=projection per token").first.wait_for(timeout=30_000)
     # drag the cap threshold while the reply is streaming
@@ -168,14 +174,7 @@ def cap_toggle(page):  # type: ignore[no-untyped-def]
 
 
 def test_a_cap_change_mid_reply_shows_on_the_capped_layer_line_from_the_next_token(servers, browser) -> None:  # type: ignore[no-untyped-def]
-    servers.wait_worker()
-    page = browser.new_page()
-    page.goto(f"{servers.url}/chat")
-    box = page.get_by_placeholder("Say something to the model")
-    box.wait_for(timeout=60_000)
-    time.sleep(1)
-    box.fill("Write a long poem about the sea and the wind.")
-    box.press("Enter")
+    page = open_chat_and_send(servers, browser, "Write a long poem about the sea and the wind.")
     wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 30, timeout=90)
     assert trace(page, "after cap") is None  # the cap is off: nothing at the capped layer yet
     page.get_by_text("Cap on").click()
@@ -194,14 +193,7 @@ def test_a_cap_change_mid_reply_shows_on_the_capped_layer_line_from_the_next_tok
 
 
 def test_a_refresh_keeps_the_conversation(servers, browser) -> None:  # type: ignore[no-untyped-def]
-    servers.wait_worker()
-    page = browser.new_page()
-    page.goto(f"{servers.url}/chat")
-    box = page.get_by_placeholder("Say something to the model")
-    box.wait_for(timeout=60_000)
-    time.sleep(1)
-    box.fill("Name three rivers.")
-    box.press("Enter")
+    page = open_chat_and_send(servers, browser, "Name three rivers.")
     wait_until(lambda: "session=" in page.url and "Name three rivers." in page.inner_text("body"), timeout=60)
     sid = session_of(page)
     wait_until(lambda: page.locator("text=nearest:").count() >= 1, timeout=120)

@@ -11,6 +11,13 @@ import pytest
 from tests.conftest import WORLD_ROLES as ROLES
 from tests.worker_harness import ROOT, Worker
 
+JOKE = [  # a two-exchange conversation for the /project tests
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi there, how can I help?"},
+    {"role": "user", "content": "Tell me a joke."},
+    {"role": "assistant", "content": "Why did the chicken cross the road?"},
+]
+
 
 def tokens_of(events, turn):  # type: ignore[no-untyped-def]
     return [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
@@ -294,12 +301,7 @@ def test_fuzz_the_openapi_schema(worker) -> None:  # type: ignore[no-untyped-def
 
 
 def test_project_transcript_and_session_import(worker) -> None:  # type: ignore[no-untyped-def]
-    conversation = [
-        {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "Hi there, how can I help?"},
-        {"role": "user", "content": "Tell me a joke."},
-        {"role": "assistant", "content": "Why did the chicken cross the road?"},
-    ]
+    conversation = JOKE
     r = worker.client.post("/project", json={"model": "x", "turns": 9, "conversation": conversation})
     assert r.status_code == 200, r.text
     assert [t["index"] for t in r.json()["turns"]] == [0, 1]
@@ -443,12 +445,7 @@ def test_projection_values_match_an_independent_oracle(worker, tiny_world) -> No
     from backend.store import load_space
     from tests.test_drift import independent_spans
 
-    conversation = [
-        {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "Hi there, how can I help?"},
-        {"role": "user", "content": "Tell me a joke."},
-        {"role": "assistant", "content": "Why did the chicken cross the road?"},
-    ]
+    conversation = JOKE
     r = worker.client.post("/project", json={"model": "x", "turns": 9, "conversation": conversation})
     assert r.status_code == 200, r.text
     model, space_path, _ = tiny_world
