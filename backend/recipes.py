@@ -9,10 +9,12 @@ are fitted on the other archetypes only (the paper drops them; we keep them on t
 Recipes (``default`` = the default Assistant's vector):
 
 * ``paper``: the paper's recipe exactly. Roles: mean of score-3 answers. Default: mean of every default answer,
-  on all the questions it was asked (the shipped builds ask it 40, the roles 8: the two means then differ by the
+  on all the questions it was asked (a build may ask it more than the roles, e.g. 16 vs 8: the two means then differ by the
   difference of two question sets as well as by persona).
 * ``matched``: ``paper`` with the default restricted to the questions the archetypes were asked.
-* ``all``: every non-empty answer, judge ignored; default on the matched questions.
+* ``all`` (default): every non-empty answer, judge ignored (it only marks weak archetypes); default on the matched
+  questions. Measured best on the embedded model's full build: a weak judge's per-archetype picks add more
+  question noise than persona signal.
 * ``centred``: score-3 answers, each minus its question's mean (over every archetype's non-empty answers to that
   question) before averaging, plus the mean question effect back (so vectors stay in activation space and
   projections stay comparable with live activations). A role judged in-role on a different subset of questions
@@ -34,7 +36,7 @@ import torch
 from backend.errors import PersonaSpaceError
 
 RECIPES = ("paper", "matched", "all", "centred", "weighted")
-DEFAULT_RECIPE = "weighted"
+DEFAULT_RECIPE = "all"  # best on the embedded model's full build (README: "The shipped space")
 EMPTY = -1  # score of an answer with no token
 RECIPE_DOC = {
     "paper": "score-3 answers; default on all its questions (the paper's recipe)",

@@ -32,4 +32,4 @@ def test_readme_example_prints_a_capped_pirate_reply_and_the_cap_log(smol_tokeni
     fed = len(prompt) + len(reply_ids) - (1 if len(reply_ids) == 128 else 0)
     assert printed == f"{smol_tokenizer.decode(reply_ids)} torch.Size([1, {fed}])"
     # Greedy decoding of the embedded model is deterministic: with this system prompt it answers in character.
-    assert printed.startswith("(I'm Captain Blackbeard, the infamous pirate")
+    assert printed.startswith("(I'm Captain Blackbeard, infamous for his ruthless")
