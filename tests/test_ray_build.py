@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import torch
 from backend import cli
 from backend.builder import BuildSettings, WorkFolder, build, chunks_of, plan_units
 from backend.catalogue import load_catalogue
-from backend.distributed import ModelActor, RayError, RayModels, RayOptions, plan_actors
+from backend.distributed import ModelActor, RayError, RayModels, RayOptions, plan_actors, ray_options
 from backend.errors import ModelLoadError
 from backend.models import load_model
 from backend.store import load_space
@@ -232,3 +234,18 @@ def test_actor_plans_fit_the_cluster() -> None:
 def test_ray_and_shard_do_not_go_together(capsys) -> None:  # type: ignore[no-untyped-def]
     assert cli.main(["build", "--out", "x", "--ray", "auto", "--shard", "0/2"]) == 2
     assert "--ray and --shard" in capsys.readouterr().err
+
+
+def test_the_readme_ray_commands_parse_as_written() -> None:
+    """The README's Ray build commands (section "Building for a large model") are accepted by the CLI as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Building for a large model") : text.index("## The shipped space")]
+    recipe = re.search(r'RECIPE="([^"]+)"', section)
+    assert recipe is not None
+    lines = section.replace("\\\n", " ")  # continuation lines joined
+    commands = [c.replace("$RECIPE", recipe.group(1)) for c in re.findall(r"python -m backend (build [^\n]*)", lines)]
+    on_ray = [shlex.split(c) for c in commands if "--ray" in c]
+    assert len(on_ray) == 2
+    parsed = [cli.build_parser().parse_args(argv) for argv in on_ray]
+    assert [ray_options(a) for a in parsed] == [RayOptions("HEAD:6379"), RayOptions("HEAD:6379", gpus_per_actor=2)]
+    assert all((a.questions_per_role, a.prompts_per_role, a.recipe) == (240, 5, "paper") for a in parsed)
