@@ -204,9 +204,9 @@ class RayModels:
                 raise exc.cause from None  # our own message, without Ray's wrapping
             raise RayError(f"a Ray task failed: {exc.cause!r}") from exc
         except ray.exceptions.RayActorError as exc:
-            raise RayError(
-                f"a Ray actor died ({str(exc).splitlines()[0]}); what finished is kept: rerun the same command to go on"
-            ) from exc
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = lines[0] if len(lines) < 2 else f"{lines[0]} … {lines[-1]}"  # the last line names the error
+            raise RayError(f"a Ray actor died ({why}); what finished is kept: rerun the same command to go on") from exc
 
     def _dispatch(self, method: str, calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
         """Call ``method`` on the actors once per argument tuple; yields results as they finish, keeping

@@ -198,6 +198,14 @@ def test_errors_on_the_actors_reach_the_driver_as_they_are(actors, reference, tm
         actors.project(space, [transcript], {"layer": 99})
     assert "Traceback" not in str(caught.value) and "ray" not in str(caught.value).lower()
     assert actors.project(space, [transcript], {})[0]["layer"] == space.target_layer  # the actors are still there
+    # An actor that dies while it starts: the driver names the error, and the actor's CPU comes back.
+    before = ray.available_resources().get("CPU", 0)
+    with pytest.raises(RayError, match="a Ray actor died .*TypeError: .*unexpected keyword argument 'bogus'"):
+        RayModels({"spec": "x", "bogus": 1}, RayOptions(actors=1, cpus_per_actor=1, device="cpu"), log=lambda m: None)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == before
     # A model an actor cannot load: the error is kept and raised by the actor's first call, whole.
     failed = ModelActor({"spec": str(tmp_path / "no-such-model")}, threads=None)
     with pytest.raises(ModelLoadError, match="no-such-model"):
