@@ -138,7 +138,6 @@ class ModelActor:
             self.loaded: LoadedModel | None = load_model(**load)
         except PersonaSpaceError as exc:  # kept and raised by info(): an error in __init__ reaches the driver garbled
             self.loaded, self.error = None, exc
-        self.spaces: dict[str, Space] = {}
 
     def _model(self) -> LoadedModel:
         if self.loaded is None:
@@ -202,7 +201,7 @@ class RayModels:
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, PersonaSpaceError):
                 raise exc.cause from None  # our own message, without Ray's wrapping
-            raise RayError(f"a Ray task failed: {exc.cause!r}") from exc
+            raise RayError(f"a Ray task failed: {exc.cause!r}; what finished is kept: rerun the same command to go on") from exc
         except ray.exceptions.RayActorError as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             why = lines[0] if len(lines) < 2 else f"{lines[0]} … {lines[-1]}"  # the last line names the error
