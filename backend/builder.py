@@ -6,6 +6,8 @@ and the residual stream is captured during generation: the per-answer mean over 
 (no template, system or user tokens, no EOS), at every layer. Each finished chunk is written to the work folder
 at once, so a killed build continues where it stopped and gives the same result; ``--shard i/n`` builds every
 n-th chunk, and shards written to one work folder (or copied into one) merge into exactly the space one run gives.
+The plan (which answers, in which chunks, with which seeds) is :mod:`backend.plan`; chunks run in this process or
+on a :class:`ChunkExecutor` (Ray actors, :mod:`backend.distributed`), and this process writes every one of them.
 
 Generation runs one token past ``max_new_tokens`` so that the last kept token is fed back through the model and
 its activation exists; the extra token is discarded.
@@ -17,25 +19,28 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from backend.assemble import assemble_space, build_space, fit_umap
-from backend.catalogue import DEFAULT_ROLE, QUESTION_KINDS, Catalogue, Question
+from backend.catalogue import DEFAULT_ROLE, Catalogue
 from backend.chat import encode_prompt
 from backend.errors import PersonaSpaceError
 from backend.interventions import Capture, intervene
-from backend.models import LoadedModel
+from backend.models import LoadedModel, ModelInfo
+from backend.plan import Unit, chunk_seed, chunks_of, parse_shard, plan_units, select_questions
 from backend.recipes import DEFAULT_RECIPE, check_recipe
 from backend.store import sha256_file, write_space
 
-__all__ = ["assemble_space", "build_space", "fit_umap"]  # re-exported: callers import them from here
+__all__ = [  # re-exported: callers import them from here
+    "Unit", "assemble_space", "build_space", "chunk_seed", "chunks_of", "fit_umap", "parse_shard", "plan_units",
+    "select_questions",
+]  # fmt: skip
 
 BUILD_VERSION = 1
 
@@ -92,68 +97,6 @@ GENERATION_FIELDS = (
     "prompts_per_role", "questions_per_role", "default_questions", "max_new_tokens", "temperature", "top_p",
     "seed", "batch_size", "roles",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One answer to generate: a role (or the default), one of its system prompts, one question."""
-
-    role: str
-    prompt: str  # prompt index ("0".."4") or default prompt id
-    question: str  # question id
-    system: str | None
-    text: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.role}|{self.prompt}|{self.question}"
-
-
-def select_questions(questions: Sequence[Question], k: int, seed: int) -> list[Question]:
-    """``k`` questions balanced over kinds: a seeded shuffle within each kind, then round-robin across kinds.
-
-    Every selection is a prefix of a longer one, so the roles' questions are also among the defaults'.
-    """
-    rng = random.Random(seed)
-    by_kind: dict[str, list[Question]] = {kind: [q for q in questions if q.kind == kind] for kind in QUESTION_KINDS}
-    for pool in by_kind.values():
-        rng.shuffle(pool)
-    ordered: list[Question] = []
-    while len(ordered) < min(k, len(questions)):
-        for kind in QUESTION_KINDS:
-            if by_kind[kind] and len(ordered) < k:
-                ordered.append(by_kind[kind].pop(0))
-    return ordered
-
-
-def plan_units(catalogue: Catalogue, settings: BuildSettings, model_name: str) -> list[Unit]:
-    """Every answer of the build, in a fixed order: defaults first, then roles (prompts, then questions)."""
-    selection = select_questions(catalogue.questions, max(settings.questions_per_role, settings.default_questions), settings.seed)
-    role_questions = selection[: settings.questions_per_role]
-    default_questions = selection[: settings.default_questions]
-    units = [Unit(DEFAULT_ROLE, d.id, q.id, d.render(model_name), q.text) for d in catalogue.defaults for q in default_questions]
-    names = settings.roles if settings.roles is not None else tuple(a.name for a in catalogue.archetypes)
-    for name in names:
-        archetype = catalogue.archetype(name)
-        for p, system in enumerate(archetype.prompts[: settings.prompts_per_role]):
-            units.extend(Unit(name, str(p), q.id, system, q.text) for q in role_questions)
-    return units
-
-
-def chunks_of(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
-    return [list(units[i : i + batch_size]) for i in range(0, len(units), batch_size)]
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError as exc:
-        raise PersonaSpaceError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from exc
-    if not (n >= 1 and 0 <= i < n):
-        raise PersonaSpaceError(f"--shard {text}: need 0 <= i < n")
-    return i, n
 
 
 def _stop_ids(loaded: LoadedModel) -> list[int]:
@@ -261,10 +204,6 @@ def teacher_forced_means(loaded: LoadedModel, units: Sequence[Unit], answers: Se
     return capture.mean()
 
 
-def chunk_seed(seed: int, index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "little")
-
-
 @dataclass
 class WorkFolder:
     """Per-chunk results on disk: ``chunks/NNNNN.safetensors`` (means) + ``NNNNN.json`` (answers)."""
@@ -324,16 +263,44 @@ def _progress(total: int, desc: str, initial: int = 0) -> Any:
     return tqdm(total=total, initial=initial, desc=desc, unit="chunk", dynamic_ncols=True, mininterval=2.0)
 
 
+def run_chunk(
+    loaded: LoadedModel, units: Sequence[Unit], settings: BuildSettings, index: int
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Chunk ``index`` of the plan: its answers and means, with the chunk's own seed. Every executor calls this."""
+    return generate_chunk(loaded, units, settings, chunk_seed(settings.seed, index))
+
+
+ChunkResult = tuple[int, torch.Tensor, list[dict[str, Any]]]
+
+
+class ChunkExecutor(Protocol):
+    """Runs chunks somewhere else (:mod:`backend.distributed`); yields ``(index, means, records)`` as chunks finish."""
+
+    info: ModelInfo
+
+    def run(self, chunks: dict[int, list[Unit]], settings: BuildSettings) -> Iterator[ChunkResult]: ...
+
+
 def run_generation(
-    loaded: LoadedModel, units: list[Unit], settings: BuildSettings, work: WorkFolder, shard: tuple[int, int] = (0, 1)
+    loaded: LoadedModel | None,
+    units: list[Unit],
+    settings: BuildSettings,
+    work: WorkFolder,
+    shard: tuple[int, int] = (0, 1),
+    executor: ChunkExecutor | None = None,
 ) -> int:
-    """Generate and capture every chunk of this shard not yet in the work folder; returns chunks generated."""
+    """Generate and capture every chunk of this shard not yet in the work folder, in this process or on
+    ``executor``; this process writes each finished chunk. Returns the number of chunks generated."""
     chunks = chunks_of(units, settings.batch_size)
     mine = [i for i in range(len(chunks)) if i % shard[1] == shard[0]]
-    todo = [i for i in mine if not work.done(i)]
+    todo = {i: chunks[i] for i in mine if not work.done(i)}
     bar = _progress(len(mine), "generate+capture", initial=len(mine) - len(todo))
-    for index in todo:
-        means, records = generate_chunk(loaded, chunks[index], settings, chunk_seed(settings.seed, index))
+    if executor is not None:
+        results = executor.run(todo, settings)
+    else:
+        assert loaded is not None, "run_generation needs a loaded model or an executor"
+        results = ((i, *run_chunk(loaded, part, settings, i)) for i, part in todo.items())
+    for index, means, records in results:
         work.save(index, chunks[index], means, records)
         bar.update(1)
     bar.close()
@@ -416,27 +383,32 @@ def record_plan(work: WorkFolder, settings: BuildSettings, info: dict[str, Any])
 
 
 def build(
-    loaded: LoadedModel,
+    loaded: LoadedModel | None,
     catalogue: Catalogue,
     settings: BuildSettings,
     out: Path,
     work_root: Path,
     shard: tuple[int, int] = (0, 1),
     log: Callable[[str], None] = print,
+    executor: ChunkExecutor | None = None,
 ) -> Path | None:
-    """Run the build; returns the space's folder, or ``None`` when only a shard was built."""
+    """Run the build; returns the space's folder, or ``None`` when only a shard was built. With ``executor`` (Ray
+    actors that hold the model) ``loaded`` may be ``None``: the executor describes the model."""
     started = time.time()
-    units = plan_units(catalogue, settings, loaded.info.name)
+    info = executor.info if executor is not None else loaded.info if loaded is not None else None
+    if info is None:
+        raise PersonaSpaceError("build needs a loaded model or an executor that holds one")
+    units = plan_units(catalogue, settings, info.name)
     work = WorkFolder(work_root)
-    work.open(settings.generation_key(), loaded.info.fingerprint)
-    record_plan(work, settings, loaded.info.to_dict())
+    work.open(settings.generation_key(), info.fingerprint)
+    record_plan(work, settings, info.to_dict())
     n_chunks = len(chunks_of(units, settings.batch_size))
     log(f"{len(units)} answers in {n_chunks} chunks of {settings.batch_size}; work folder {work_root}")
-    run_generation(loaded, units, settings, work, shard)
+    run_generation(loaded, units, settings, work, shard, executor)
     if shard[1] > 1:
         log(f"shard {shard[0]}/{shard[1]} done; run the other shards into {work_root}, then build without --shard")
         return None
-    return finish(work, catalogue, settings, loaded.info.to_dict(), units, out, started, log)
+    return finish(work, catalogue, settings, info.to_dict(), units, out, started, log)
 
 
 def finish(

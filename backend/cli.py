@@ -113,10 +113,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     shard = parse_shard(args.shard)
     catalogue = load_catalogue(args.catalogue)
-    loaded = _load(args)
     out = Path(args.out)
     work = Path(args.work) if args.work else out.with_name(f".{out.name}.work")
-    build(loaded, catalogue, settings, out, work, shard, log=lambda m: print(m, file=sys.stderr))
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    if args.ray is None:
+        build(_load(args), catalogue, settings, out, work, shard, log=log)
+        return 0
+    from backend.distributed import RayModels, load_args, ray_options
+
+    if args.shard is not None:
+        raise PersonaSpaceError("--ray and --shard do not go together: Ray spreads the chunks itself")
+    with RayModels(load_args(args), ray_options(args), log) as models:  # the model is loaded on the actors only
+        build(None, catalogue, settings, out, work, log=log, executor=models)
     return 0
 
 
@@ -185,15 +196,19 @@ def cmd_project_transcript(args: argparse.Namespace) -> int:
     from backend.transcripts import project_transcript, read_transcripts
 
     transcripts = read_transcripts(args.files)
-    loaded = _load(args)
-    space = load_space(args.space, fingerprint=loaded.info.fingerprint, model_name=loaded.info.name)
-    results = []
-    for name, transcript in transcripts:
-        result = project_transcript(
-            loaded, space, transcript, layer=args.layer, window=args.window, history=args.history,
-            tokens=args.tokens, allow_window=not args.no_window,
-        )  # fmt: skip
-        results.append({"file": name, **result})
+    options = {"layer": args.layer, "window": args.window, "history": args.history, "tokens": args.tokens}
+    options["allow_window"] = not args.no_window
+    if args.ray is None:
+        loaded = _load(args)
+        space = load_space(args.space, fingerprint=loaded.info.fingerprint, model_name=loaded.info.name)
+        projected = [project_transcript(loaded, space, transcript, **options) for _, transcript in transcripts]
+    else:
+        from backend.distributed import RayModels, load_args, ray_options
+
+        space = load_space(args.space)  # checked against the actors' model, then shared with them
+        with RayModels(load_args(args), ray_options(args), lambda m: print(m, file=sys.stderr)) as models:
+            projected = models.project(space, [transcript for _, transcript in transcripts], options)
+    results = [{"file": name, **result} for (name, _), result in zip(transcripts, projected, strict=True)]
     if args.json:
         single = len(args.files) == 1 and len(results) == 1 and not Path(args.files[0]).is_dir()
         print(json.dumps(results[0] if single else {"transcripts": results}))
@@ -252,6 +267,8 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.distributed import add_ray_args
+
     parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -295,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_space_args(p, RECIPE_DEFAULT)
     p.add_argument("--shard", default=None, help="i/n: build every n-th chunk starting at i, into the work folder")
+    add_ray_args(p, "generation and capture")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("rebuild", help="recompute a space from a finished work folder (no generation): another recipe, ...")
@@ -350,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-window", action="store_true", help="refuse a conversation longer than the window instead")
     p.add_argument("--tokens", action="store_true", help="add every assistant token's projection and text")
+    add_ray_args(p, "the conversations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_project_transcript)
 
