@@ -205,7 +205,7 @@ def test_errors_on_the_actors_reach_the_driver_as_they_are(actors, reference, tm
     deadline = time.monotonic() + 30
     while ray.available_resources().get("CPU", 0) < before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert ray.available_resources().get("CPU", 0) == before
+    assert ray.available_resources().get("CPU", 0) >= before  # >=: an earlier test's actors may still be freeing theirs
     # A model an actor cannot load: the error is kept and raised by the actor's first call, whole.
     failed = ModelActor({"spec": str(tmp_path / "no-such-model")}, threads=None)
     with pytest.raises(ModelLoadError, match="no-such-model"):
