@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.worker_harness import Worker
+from tests.worker_harness import Worker, big_export
 
 HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
     ("POST", "/sessions", '{"controls": {"cap_threshold": 1e300}}', {}),
@@ -124,22 +124,6 @@ async def latency(client: httpx.AsyncClient, sid: str, n: int) -> list[float]:
         assert r.status_code == 200
         await asyncio.sleep(0.01)
     return times
-
-
-def big_export(n_turns: int = 100, tokens_per_turn: int = 460) -> dict[str, Any]:
-    """A session export of about 19 MB: ``n_turns`` exchanges with ``tokens_per_turn`` token events each."""
-    turns: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    for i in range(n_turns):
-        user, reply = 2 * i + 1, 2 * i + 2
-        turns.append({"id": user, "role": "user", "content": "hello " * 20, "status": "done"})
-        turns.append({"id": reply, "role": "assistant", "content": " word" * tokens_per_turn, "status": "done", "reply_to": user})
-        for k in range(tokens_per_turn):
-            data = {"turn": reply, "index": k, "token_id": 123, "text": " word", "projection": 1.23456, "monitor_layer": 15,
-                    "controls_version": 0, "variant": "single", "cap_on": True, "tau": [1.1] * 6, "cap_delta": 0.1,
-                    "cap_deltas": [0.1] * 6, "projection_before_cap": 1.0, "projection_after_cap": 1.1, "cap_layers": [21, 27]}  # fmt: skip
-            events.append({"seq": len(events) + 1, "type": "token", "turn": reply, "data": data})
-    return {"format": "persona-space-session", "session": {"controls": {}}, "turns": turns, "events": events}
 
 
 async def during_import(client: httpx.AsyncClient, sid: str) -> tuple[float, float, float, str]:
