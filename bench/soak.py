@@ -4,7 +4,7 @@ Each session, in a loop: changes its controls at random, sends a message and fol
 events (dropping the stream and resuming with Last-Event-ID now and then), stops a reply, undoes, exports and
 re-imports itself, and sends hostile requests. Then every stored reply is checked: a finished status, and its
 text equal to its token events. Separately, ``GET /sessions/{id}`` latency is measured with and without 100 idle
-event followers connected, and while a 19 MB session export is imported. The last line is JSON: ``requests``, ``errors_5xx`` (target 0), ``turns_done``,
+event followers connected, and while a 19 MB session export is imported (all once the map is built). The last line is JSON: ``requests``, ``errors_5xx`` (target 0), ``turns_done``,
 ``turns_lost`` (target 0), ``p95_ms`` (GET /sessions/{id} under the idle followers, target <= 50).
 
     python bench/soak.py --quick      # 6 sessions for 60 s, 100 followers
@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.worker_harness import Worker
+from tests.worker_harness import Worker, big_export
 
 HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
     ("POST", "/sessions", '{"controls": {"cap_threshold": 1e300}}', {}),
@@ -124,22 +124,6 @@ async def latency(client: httpx.AsyncClient, sid: str, n: int) -> list[float]:
         assert r.status_code == 200
         await asyncio.sleep(0.01)
     return times
-
-
-def big_export(n_turns: int = 100, tokens_per_turn: int = 460) -> dict[str, Any]:
-    """A session export of about 19 MB: ``n_turns`` exchanges with ``tokens_per_turn`` token events each."""
-    turns: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    for i in range(n_turns):
-        user, reply = 2 * i + 1, 2 * i + 2
-        turns.append({"id": user, "role": "user", "content": "hello " * 20, "status": "done"})
-        turns.append({"id": reply, "role": "assistant", "content": " word" * tokens_per_turn, "status": "done", "reply_to": user})
-        for k in range(tokens_per_turn):
-            data = {"turn": reply, "index": k, "token_id": 123, "text": " word", "projection": 1.23456, "monitor_layer": 15,
-                    "controls_version": 0, "variant": "single", "cap_on": True, "tau": [1.1] * 6, "cap_delta": 0.1,
-                    "cap_deltas": [0.1] * 6, "projection_before_cap": 1.0, "projection_after_cap": 1.1, "cap_layers": [21, 27]}  # fmt: skip
-            events.append({"seq": len(events) + 1, "type": "token", "turn": reply, "data": data})
-    return {"format": "persona-space-session", "session": {"controls": {}}, "turns": turns, "events": events}
 
 
 async def during_import(client: httpx.AsyncClient, sid: str) -> tuple[float, float, float, str]:
@@ -243,6 +227,11 @@ def main() -> None:
     worker = Worker(args.model, Path(args.space), tmp / "soak.sqlite3")
     try:
         worker.wait_ready()
+        # the map (UMAP refit) is built in the background after ready and holds the interpreter lock meanwhile:
+        # measure once it is done, so the latencies are the steady state's
+        deadline = time.time() + 600
+        while worker.client.get("/health").json().get("phase") != "ready" and time.time() < deadline:
+            time.sleep(0.5)
         result = asyncio.run(run(worker.url, args))
     finally:
         worker.close()

@@ -24,6 +24,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def big_export(n_turns: int = 100, tokens_per_turn: int = 460) -> dict[str, Any]:
+    """A session export of about 19 MB: ``n_turns`` exchanges with ``tokens_per_turn`` token events each."""
+    turns: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for i in range(n_turns):
+        user, reply = 2 * i + 1, 2 * i + 2
+        turns.append({"id": user, "role": "user", "content": "hello " * 20, "status": "done"})
+        turns.append({"id": reply, "role": "assistant", "content": " word" * tokens_per_turn, "status": "done", "reply_to": user})
+        for k in range(tokens_per_turn):
+            data = {"turn": reply, "index": k, "token_id": 123, "text": " word", "projection": 1.23456, "monitor_layer": 15,
+                    "controls_version": 0, "variant": "single", "cap_on": True, "tau": [1.1] * 6, "cap_delta": 0.1,
+                    "cap_deltas": [0.1] * 6, "projection_before_cap": 1.0, "projection_after_cap": 1.1, "cap_layers": [21, 27]}  # fmt: skip
+            events.append({"seq": len(events) + 1, "type": "token", "turn": reply, "data": data})
+    return {"format": "persona-space-session", "session": {"controls": {}}, "turns": turns, "events": events}
+
+
 class Worker:
     def __init__(
         self,

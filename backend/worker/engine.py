@@ -35,8 +35,8 @@ from backend.sampling import choose_token
 from backend.store import Space
 from backend.transcripts import max_context
 from backend.worker.db import Database
-from backend.worker.imports import ExportError, describe, prepare
-from backend.worker.schemas import MAX_NEW_TOKENS, Controls, ControlsPatch
+from backend.worker.imports import describe
+from backend.worker.schemas import MAX_NEW_TOKENS, Controls, ControlsPatch, WindowError, fit_controls
 
 log = logging.getLogger("persona_space.worker")
 
@@ -124,15 +124,10 @@ class Engine:
         return Controls(cap_layers=(int(self.cap_window[0]), int(self.cap_window[1])))
 
     def validate_controls(self, controls: Controls) -> Controls:
-        for name in ("cap_layers", "steer_layers"):
-            window = getattr(controls, name)
-            if window is not None and window[1] > self.n_layers:
-                raise ControlError(
-                    f"{name} {list(window)} reaches past the model's {self.n_layers} layers (0..{self.n_layers - 1})"
-                )
-        if controls.cap_layers is None:
-            controls = controls.model_copy(update={"cap_layers": (int(self.cap_window[0]), int(self.cap_window[1]))})
-        return controls
+        try:
+            return fit_controls(controls, self.n_layers, (int(self.cap_window[0]), int(self.cap_window[1])))
+        except WindowError as exc:
+            raise ControlError(str(exc)) from exc
 
     def patch_controls(self, sid: str, patch: ControlsPatch) -> tuple[Controls, int]:
         with self.cond:  # read, merge and write as one step: concurrent patches never overwrite each other
@@ -468,23 +463,6 @@ class Engine:
         transcript = parse_transcript(data)
         with self.model_lock:
             return project_transcript(self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens)
-
-    def import_session(self, data: Any) -> str:
-        """Recreate an exported session (turns, their token events, undos) under a new id, in one transaction."""
-        if not isinstance(data, dict) or data.get("format") != "persona-space-session":
-            raise ControlError("not a Persona Space session export (expected format 'persona-space-session')")
-        session = data.get("session")
-        try:
-            controls = self.validate_controls(
-                Controls.model_validate(session.get("controls") if isinstance(session, dict) else None)
-            )
-        except ValidationError as exc:
-            raise ControlError("the session export is malformed: " + describe(exc, "session.controls.")) from exc
-        try:
-            prepared = prepare(data, controls)
-        except ExportError as exc:
-            raise ControlError(str(exc)) from exc
-        return self.db.import_session(prepared)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
 
-from backend.worker.schemas import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, MAX_TITLE_CHARS, Controls
+from backend.worker.schemas import MAX_MESSAGE_CHARS, MAX_SYSTEM_CHARS, MAX_TITLE_CHARS, Controls, WindowError, fit_controls
 
 MAX_TURNS = 10_000
 MAX_EVENTS = 200_000
@@ -172,3 +172,19 @@ def prepare(data: Any, controls: Controls) -> Prepared:
         system=export.session.system, title=export.session.title or None, controls=plain,
         controls_json=_json(plain, "session.controls"), turns=turns, tokens=tokens,
     )  # fmt: skip
+
+
+def check(data: Any, n_layers: int, cap_window: tuple[int, int]) -> Prepared:
+    """Check an export (already decoded JSON) for a model with ``n_layers`` layers and the space's ``cap_window``,
+    controls included, and make every text the import will store. Raises ``ExportError``."""
+    if not isinstance(data, dict) or data.get("format") != "persona-space-session":
+        raise ExportError("not a Persona Space session export (expected format 'persona-space-session')")
+    session = data.get("session")
+    try:
+        controls = Controls.model_validate(session.get("controls") if isinstance(session, dict) else None)
+        controls = fit_controls(controls, n_layers, cap_window)
+    except ValidationError as exc:
+        raise ExportError("the session export is malformed: " + describe(exc, "session.controls.")) from exc
+    except WindowError as exc:
+        raise ExportError(str(exc)) from exc
+    return prepare(data, controls)

@@ -49,6 +49,23 @@ class Controls(Strict):
         return self
 
 
+class WindowError(ValueError):
+    """A layer window that reaches past the loaded model."""
+
+
+def fit_controls(controls: Controls, n_layers: int, cap_window: tuple[int, int]) -> Controls:
+    """``controls`` checked against a model with ``n_layers`` layers; an unset cap window becomes ``cap_window``.
+
+    Raises ``WindowError`` naming the window and the model's layers."""
+    for name in ("cap_layers", "steer_layers"):
+        window = getattr(controls, name)
+        if window is not None and window[1] > n_layers:
+            raise WindowError(f"{name} {list(window)} reaches past the model's {n_layers} layers (0..{n_layers - 1})")
+    if controls.cap_layers is None:
+        controls = controls.model_copy(update={"cap_layers": (int(cap_window[0]), int(cap_window[1]))})
+    return controls
+
+
 class ControlsPatch(Strict):
     """A partial change of controls: only the fields given change."""
 

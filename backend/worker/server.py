@@ -8,6 +8,8 @@ rebinding or a cross-site form. Request bodies are limited to ``MAX_BODY`` bytes
 The model loads in the background after the server starts: ``/health`` says ``ready: false`` until then, and
 routes that need the model answer 503. While the database cannot be written, ``/health`` says
 ``status: "degraded"`` with the reason, writes answer 503, and the worker recovers by itself once it can write.
+A large session import is decoded, checked and written by a child process (``backend.worker.importer``), so it never
+stalls the other requests.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +39,7 @@ from backend.errors import PersonaSpaceError
 from backend.worker.db import Database
 from backend.worker.engine import Conflict, ControlError, Engine
 from backend.worker.guards import BodyLimit, EventNotifier, Gate, is_loopback
+from backend.worker.importer import ImportCrashed, Importer, Refused
 from backend.worker.schemas import Controls, ControlsPatch, MessageAccepted, NewMessage, NewSession
 
 log = logging.getLogger("persona_space.worker")
@@ -70,14 +74,23 @@ def _problem(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 
 def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
+    notifier = EventNotifier()
+    state.db.listeners.append(notifier.notify)
+    importer = Importer(state.db)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            importer.close()  # the import child, if one was started
+
     app = FastAPI(
         title="Persona Space worker",
         version="1",
         description="Streams chat tokens with their projection on the Assistant Axis; live cap and steering controls.",
+        lifespan=lifespan,
     )
-
-    notifier = EventNotifier()
-    state.db.listeners.append(notifier.notify)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(Gate, token=token)  # outermost: nothing is read before the caller is let in
@@ -246,12 +259,32 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
         session_or_404(sid)
         return {"undone": engine.undo(sid)}
 
-    @app.post("/sessions/import", status_code=201)
-    def import_session(
-        body: Annotated[dict[str, Any], Body(description="a session export (GET /sessions/{sid}/export)")],
-    ) -> dict[str, Any]:
+    @app.post(
+        "/sessions/import",
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "a session export (GET /sessions/{sid}/export)",
+                "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+            }
+        },
+    )
+    async def import_session(request: Request) -> dict[str, Any]:
+        # the raw body (bounded by BodyLimit as it arrives) goes to the importer undecoded: a large one is decoded,
+        # checked and written by a child process, so this process never holds the interpreter lock for it
         engine = state.need_engine()
-        return session_or_404(engine.import_session(body))
+        raw = await request.body()
+        window = (int(engine.cap_window[0]), int(engine.cap_window[1]))
+        try:
+            sid = await importer.run(raw, request.headers.get("content-type"), engine.n_layers, window)
+        except Refused as exc:
+            if exc.loc is not None:  # what FastAPI answers when it decodes a body itself
+                raise RequestValidationError([{"type": exc.kind, "loc": exc.loc, "msg": exc.message, "input": None}]) from exc
+            raise HTTPException(status_code=exc.status, detail=exc.message) from exc
+        except ImportCrashed as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return await run_in_threadpool(session_or_404, sid)
 
     @app.post("/project")
     def project(
