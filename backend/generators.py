@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -198,6 +198,40 @@ def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
+def make_ask(
+    pool: EndpointPool, models: Sequence[str], loaded: LoadedModel, settings: BuildSettings, environ: Mapping[str, str]
+) -> Callable[[Unit, int], dict[str, Any]]:
+    """``ask(unit, seed)``: one completion request on the calling worker thread's server -> an answer record.
+    Runs on :meth:`EndpointPool.executor` threads; raises :class:`GeneratorError`."""
+    body_extra = {**NEUTRAL, **_extra_body(environ)}
+    answerer = Answerer(loaded, settings.max_new_tokens)
+    model_of = {e.url: m for e, m in zip(pool.endpoints, models, strict=True)}
+    tok = loaded.tokenizer
+
+    def ask(unit: Unit, seed: int) -> dict[str, Any]:
+        endpoint: Endpoint = pool.current()
+        prompt = render_prompt(tok, unit.system, [{"role": "user", "content": unit.text}])
+        body = {
+            "model": model_of[endpoint.url],
+            "prompt": prompt,
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": seed,
+            "n": 1,
+            "stream": False,
+            **body_extra,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        try:
+            data = pool.post_json(endpoint, "completions", body)
+        except EndpointError as exc:
+            raise _failed(exc, f"on an answer of role {unit.role!r}") from None
+        return answerer.record(endpoint.url, data, tok(prompt, add_special_tokens=False)["input_ids"])
+
+    return ask
+
+
 def run_served_generation(
     loaded: LoadedModel | None,
     units: list[Unit],
@@ -227,32 +261,7 @@ def run_served_generation(
         _write_servers(work.root, pool, models)
         if not todo:
             return 0
-        body_extra = {**NEUTRAL, **_extra_body(env)}
-        answerer = Answerer(loaded, settings.max_new_tokens)
-        model_of = {e.url: m for e, m in zip(pool.endpoints, models, strict=True)}
-        tok = loaded.tokenizer
-
-        def ask(unit: Unit, seed: int) -> dict[str, Any]:
-            endpoint: Endpoint = pool.current()
-            prompt = render_prompt(tok, unit.system, [{"role": "user", "content": unit.text}])
-            body = {
-                "model": model_of[endpoint.url],
-                "prompt": prompt,
-                "max_tokens": settings.max_new_tokens,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "seed": seed,
-                "n": 1,
-                "stream": False,
-                **body_extra,
-            }
-            body = {k: v for k, v in body.items() if v is not None}
-            try:
-                data = pool.post_json(endpoint, "completions", body)
-            except EndpointError as exc:
-                raise _failed(exc, f"on an answer of role {unit.role!r}") from None
-            return answerer.record(endpoint.url, data, tok(prompt, add_special_tokens=False)["input_ids"])
-
+        ask = make_ask(pool, models, loaded, settings, env)
         per_chunk = settings.batch_size
         ahead = max(2, -(-pool.settings.concurrency * len(pool.endpoints) // per_chunk) + 1)
         threads = pool.executor()
