@@ -268,3 +268,15 @@ def test_generator_settings_and_keys() -> None:
     )
     assert (args.generator, args.generator_url) == ("openai", "http://a:8000/v1/,http://b:8000/v1")
     assert build_parser().parse_args(["build", "--out", "x"]).generator == "hf"
+
+
+def test_rebuild_of_a_served_build_keeps_its_record(served_build, catalogue, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from backend.builder import rebuild
+
+    root, space, _, settings = served_build
+    path = rebuild(root / "work", catalogue, tmp_path / "again", log=lambda m: None)
+    again = load_space(path)
+    assert again.manifest["settings"]["generator_models"] == space.manifest["settings"]["generator_models"]
+    assert again.manifest["settings"]["generator_urls"] == list(settings.generator_urls)
+    for name in space.tensors:
+        assert torch.equal(again.tensors[name], space.tensors[name]), name
