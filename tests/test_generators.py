@@ -208,7 +208,10 @@ def chunk_files(work: Path) -> dict[str, bytes]:
         ("die_after", r"failed on an answer of role .*HTTP 500 .*after 3 tries.*finished chunks are kept"),
     ],
 )
-def test_bad_servers_are_clear_errors_and_lose_nothing(mode, message, tiny_chat, catalogue, server, half_done, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_servers_are_clear_errors_and_lose_nothing(
+    mode, message, tiny_chat, catalogue, server, half_done, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PERSONA_SPACE_GENERATOR_CONCURRENCY", "1")  # one request at a time: die_after's cut is exact
     work = tmp_path / "work"
     shutil.copytree(half_done, work)
     before = chunk_files(work)
