@@ -283,3 +283,22 @@ def test_rebuild_of_a_served_build_keeps_its_record(served_build, catalogue, tmp
     assert again.manifest["settings"]["generator_urls"] == list(settings.generator_urls)
     for name in space.tensors:
         assert torch.equal(again.tensors[name], space.tensors[name]), name
+
+
+def test_the_readme_vllm_command_parses_and_ray_is_refused(capsys) -> None:  # type: ignore[no-untyped-def]
+    import re
+    import shlex
+
+    from backend import cli
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Building for a large model") : text.index("## The shipped space")]
+    recipe = re.search(r'RECIPE="([^"]+)"', section)
+    assert recipe is not None
+    lines = section.replace("\\\n", " ")
+    (served,) = [c for c in re.findall(r"python -m backend (build [^\n]*)", lines) if "--generator" in c]
+    args = build_parser().parse_args(shlex.split(served.replace("$RECIPE", recipe.group(1))))
+    assert (args.generator, args.generator_url, args.questions_per_role) == ("openai", "http://localhost:8000/v1", 240)
+    argv = ["build", "--out", "x", "--ray", "auto", "--generator", "openai", "--generator-url", "http://a/v1"]
+    assert cli.main(argv) == 2
+    assert "--ray and --generator openai" in capsys.readouterr().err
