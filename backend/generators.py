@@ -169,7 +169,7 @@ class Answerer:
             )
         served = choice.get("token_ids")
         if isinstance(served, list) and all(isinstance(t, int) for t in served):
-            tokens = [t for t in served if t not in self.stop] if served and served[-1] in self.stop else list(served)
+            tokens = list(served[:-1] if served and served[-1] in self.stop else served)  # drop the final EOS only
             if tok.decode(tokens, skip_special_tokens=True) != text or any(t in self.stop for t in tokens):
                 raise GeneratorError(
                     f"{mismatch}: its token ids decode to {clip(tok.decode(tokens), 80)!r} with our tokenizer, but its "

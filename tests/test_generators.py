@@ -180,6 +180,13 @@ def test_server_token_ids_are_used_and_checked(tiny_chat, catalogue, server, tmp
     for row, record in enumerate(records):
         assert record["tokens"] == ids[record["text"]][:-1] != tok.encode(record["text"], add_special_tokens=False)
         torch.testing.assert_close(means[row], alone_means(tiny_chat, units[row], record["tokens"]), rtol=1e-4, atol=1e-5)
+    # an end of turn inside the ids (the text alone would hide it: special tokens are skipped when decoding)
+    server.control("ok_ids", ids={text: [*ids[:3], tok.eos_token_id, *ids[3:]] for text, ids in ids.items()})
+    again = WorkFolder(tmp_path / "again")
+    again.open(settings.generation_key(), "tiny-0")
+    with pytest.raises(GeneratorError, match=r"token ids decode to .*<\|im_end\|>"):
+        run_served_generation(tiny_chat, units, settings, again)
+    assert list((tmp_path / "again" / "chunks").iterdir()) == []
 
 
 @pytest.fixture(scope="module")
