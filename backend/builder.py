@@ -31,15 +31,17 @@ from backend.assemble import assemble_space, build_space, fit_umap
 from backend.catalogue import DEFAULT_ROLE, Catalogue
 from backend.chat import encode_prompt
 from backend.errors import PersonaSpaceError
+from backend.generators import check_generator, recorded_servers, run_served_generation
 from backend.interventions import Capture, intervene
 from backend.models import LoadedModel, ModelInfo
 from backend.plan import Unit, chunk_seed, chunks_of, parse_shard, plan_units, select_questions
 from backend.recipes import DEFAULT_RECIPE, check_recipe
 from backend.store import sha256_file, write_space
+from backend.teacher_forcing import teacher_forced_means
 
 __all__ = [  # re-exported: callers import them from here
     "Unit", "assemble_space", "build_space", "chunk_seed", "chunks_of", "fit_umap", "parse_shard", "plan_units",
-    "select_questions",
+    "select_questions", "teacher_forced_means",
 ]  # fmt: skip
 
 BUILD_VERSION = 1
@@ -63,9 +65,13 @@ class BuildSettings:
     roles: tuple[str, ...] | None = None
     recipe: str = DEFAULT_RECIPE
     target_layer: int | None = None  # None: the model's own target layer
+    generator: str = "hf"  # "hf": in-process; "openai": a completions server (backend/generators.py)
+    generator_urls: tuple[str, ...] = ()
+    generator_models: tuple[str, ...] = ()  # what the servers reported (recorded, not a setting)
 
     def __post_init__(self) -> None:
         check_recipe(self.recipe)
+        check_generator(self)
         if self.target_layer is not None and (isinstance(self.target_layer, bool) or self.target_layer < 0):
             raise PersonaSpaceError(f"target_layer must be a layer index >= 0, got {self.target_layer!r}")
         checks = {
@@ -90,6 +96,8 @@ class BuildSettings:
     def generation_key(self) -> str:
         """Hash of everything that changes the generated answers (not the judge or the space's math)."""
         fields = {k: v for k, v in asdict(self).items() if k in GENERATION_FIELDS}
+        if self.generator != "hf":  # another generator gives other answers; "hf" keeps the keys of older folders
+            fields["generator"] = self.generator
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -177,31 +185,6 @@ def generate_chunk(
         if int(count) != record["n_tokens"]:
             raise PersonaSpaceError(f"captured {int(count)} positions for an answer of {record['n_tokens']} tokens")
     return capture.mean(), records
-
-
-@torch.inference_mode()
-def teacher_forced_means(loaded: LoadedModel, units: Sequence[Unit], answers: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Reference: one teacher-forced pass over prompt + answer, mean over the answer tokens -> ``(B, L, d)``."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    device = next(model.parameters()).device
-    seqs, spans = [], []
-    for unit, answer in zip(units, answers, strict=True):
-        prompt = encode_prompt(tokenizer, unit.system, [{"role": "user", "content": unit.text}])
-        seqs.append(prompt + list(answer))
-        spans.append((len(prompt), len(prompt) + len(answer)))
-    width = max(len(s) for s in seqs)
-    pad = int(tokenizer.pad_token_id)
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for row, (seq, (a, b)) in enumerate(zip(seqs, spans, strict=True)):
-        offset = width - len(seq)
-        mask[row, offset + a : offset + b] = True
-    positions = (attention.cumsum(1) - 1).clamp_min(0)
-    capture = Capture(mask=mask)
-    with intervene(model, capture, layers_path=loaded.info.layers_path):
-        model(input_ids=ids, attention_mask=attention, position_ids=positions)
-    return capture.mean()
 
 
 @dataclass
@@ -404,7 +387,10 @@ def build(
     record_plan(work, settings, info.to_dict())
     n_chunks = len(chunks_of(units, settings.batch_size))
     log(f"{len(units)} answers in {n_chunks} chunks of {settings.batch_size}; work folder {work_root}")
-    run_generation(loaded, units, settings, work, shard, executor)
+    if settings.generator == "hf":
+        run_generation(loaded, units, settings, work, shard, executor)
+    else:
+        run_served_generation(loaded, units, settings, work, shard, executor=executor)
     if shard[1] > 1:
         log(f"shard {shard[0]}/{shard[1]} done; run the other shards into {work_root}, then build without --shard")
         return None
@@ -422,6 +408,7 @@ def finish(
     log: Callable[[str], None],
 ) -> Path:
     units, means, records = collect(work, units, settings)
+    settings = recorded_servers(settings, work)  # the served generator's model ids go into the manifest
     judge = make_judge(settings.judge, catalogue)
     scores = run_judge(judge, units, records, work)
     log(f"computing role vectors (recipe {settings.recipe}), axis, PCA, UMAP and thresholds")

@@ -122,11 +122,15 @@ def build_messages(system: str | None, turns: Sequence[Message], tokenizer: Any)
     return [{"role": "user", "content": f"{system}\n\n{first['content']}"}, *messages[1:]]
 
 
-def encode_prompt(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> list[int]:
-    """Token ids of the conversation so far, ending with the template's opening of an assistant turn."""
+def render_prompt(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> str:
+    """The conversation so far as text, by the model's own template, ending with the opening of an assistant turn."""
     ensure_template(tokenizer)
-    text = _render(tokenizer, build_messages(system, turns, tokenizer), add_generation_prompt=True)
-    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return _render(tokenizer, build_messages(system, turns, tokenizer), add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> list[int]:
+    """Token ids of :func:`render_prompt`'s text (no special tokens added: the template writes its own)."""
+    ids: list[int] = tokenizer(render_prompt(tokenizer, system, turns), add_special_tokens=False)["input_ids"]
     return ids
 
 

@@ -110,6 +110,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         roles=tuple(args.roles.split(",")) if args.roles else None,
         recipe=args.recipe,
         target_layer=args.target_layer,
+        generator=args.generator,
+        generator_urls=tuple(u.strip().rstrip("/") for u in (args.generator_url or "").split(",") if u.strip()),
     )
     shard = parse_shard(args.shard)
     catalogue = load_catalogue(args.catalogue)
@@ -126,6 +128,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if args.shard is not None:
         raise PersonaSpaceError("--ray and --shard do not go together: Ray spreads the chunks itself")
+    if settings.generator != "hf":
+        raise PersonaSpaceError("--ray and --generator openai do not go together yet: the servers spread the generation")
     with RayModels(load_args(args), ray_options(args), log) as models:  # the model is loaded on the actors only
         build(None, catalogue, settings, out, work, log=log, executor=models)
     return 0
@@ -300,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument(
+        "--generator",
+        default="hf",
+        choices=["hf", "openai"],
+        help="where answers come from: hf (in-process, default) or openai (an OpenAI-compatible completions server: "
+        "vLLM, SGLang, llama.cpp; activations then come from a teacher-forced pass of --model)",
+    )
+    p.add_argument(
+        "--generator-url",
+        default=None,
+        help="base URL(s) of the completions server(s), comma-separated, e.g. http://localhost:8000/v1 "
+        "(PERSONA_SPACE_GENERATOR_API_KEY, _CONCURRENCY, _MAX_RETRIES, _TIMEOUT_S, _RPM, _MODEL, _EXTRA_BODY)",
+    )
     p.add_argument(
         "--judge",
         default="embedding",

@@ -2,6 +2,10 @@
 `generate` on the same prompts, same seed, alternating in one process. The last line is JSON.
 
     python bench/build.py --quick
+
+With ``--generator openai --generator-url URL[,URL...]``: the generate stage on a completions server (vLLM, SGLang,
+llama.cpp's server; PERSONA_SPACE_GENERATOR_* settings apply) vs in-process generate + capture on the same prompts,
+and the teacher-forced capture the served path adds on this machine, each in tokens/s.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--generator", choices=["hf", "openai"], default="hf")
+    parser.add_argument("--generator-url", default=None, help="base URL(s) of the completions server(s), comma-separated")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 4)
 
@@ -69,6 +75,10 @@ def main() -> None:
         n = fn(seed)
         return n / (time.perf_counter() - t0)
 
+    if args.generator == "openai":
+        served_bench(loaded, units, settings, args.generator_url or "", rounds, timed)
+        return
+
     timed(plain, 0)
     timed(built, 0)
     plain_rates, build_rates = [], []
@@ -88,6 +98,71 @@ def main() -> None:
                 "plain_tok_s": round(statistics.median(plain_rates), 2),
                 "build_tok_s": round(statistics.median(build_rates), 2),
                 "ratio": round(statistics.median(b / p for b, p in zip(build_rates, plain_rates, strict=True)), 4),
+            }
+        )
+    )
+
+
+def served_bench(loaded, units, settings, urls: str, rounds: int, timed) -> None:  # type: ignore[no-untyped-def]
+    """Generate stage on the server(s) vs in-process generate + capture, alternating; and the teacher-forced capture
+    the served path adds, timed over the in-process answers (realistic lengths; a stand-in's answers are short)."""
+    import os
+
+    from backend.builder import chunk_seed
+    from backend.generators import endpoint_settings, make_ask, probe, request_seed
+    from backend.openai_client import EndpointPool
+    from backend.teacher_forcing import teacher_forced_means
+
+    pool = EndpointPool(endpoint_settings([u.strip() for u in urls.split(",") if u.strip()]))
+    models = probe(pool, os.environ)
+    ask = make_ask(pool, models, loaded, settings, os.environ)
+    answers: list[list[int]] = []
+
+    def served(seed: int) -> int:
+        executor = pool.executor()
+        try:
+            futures = [executor.submit(ask, u, request_seed(chunk_seed(seed, 1), row)) for row, u in enumerate(units)]
+            records = [f.result() for f in futures]
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        return sum(r["n_tokens"] for r in records)
+
+    def in_process(seed: int) -> int:
+        _, records = generate_chunk(loaded, units, settings, seed)
+        answers[:] = [r["tokens"] for r in records]  # realistic lengths for the capture timing
+        return sum(r["n_tokens"] for r in records)
+
+    def capture(seed: int) -> int:
+        teacher_forced_means(loaded, units, answers)
+        return sum(len(a) for a in answers)
+
+    timed(served, 0)
+    timed(in_process, 0)
+    served_rates, hf_rates, capture_rates = [], [], []
+    for r in range(rounds):
+        served_rates.append(timed(served, r + 1))
+        hf_rates.append(timed(in_process, r + 1))
+        capture_rates.append(timed(capture, r + 1))  # over the in-process answers just generated
+        print(
+            f"served generate {served_rates[-1]:.1f} tok/s   capture {capture_rates[-1]:.1f} tok/s   "
+            f"hf generate+capture {hf_rates[-1]:.1f} tok/s",
+            file=sys.stderr,
+        )
+    pool.close()
+    print(
+        json.dumps(
+            {
+                "model": loaded.info.name,
+                "servers": [f"{e.url} {m}" for e, m in zip(pool.endpoints, models, strict=True)],
+                "concurrency_per_server": pool.settings.concurrency,
+                "threads": torch.get_num_threads(),
+                "batch_size": settings.batch_size,
+                "max_new_tokens": settings.max_new_tokens,
+                "rounds": rounds,
+                "served_generate_tok_s": round(statistics.median(served_rates), 2),
+                "teacher_forced_capture_tok_s": round(statistics.median(capture_rates), 2),
+                "hf_generate_capture_tok_s": round(statistics.median(hf_rates), 2),
+                "served_over_hf": round(statistics.median(s / h for s, h in zip(served_rates, hf_rates, strict=True)), 4),
             }
         )
     )

@@ -16,7 +16,7 @@ import pytest
 
 from backend.catalogue import Archetype
 from backend.errors import PersonaSpaceError
-from backend.llm_judge import RUBRIC, JudgeError, OpenAIJudge, RateLimiter, parse_retry_after, parse_score
+from backend.llm_judge import RUBRIC, JudgeError, OpenAIJudge, RateLimiter, parse_score
 
 ARCHETYPES = (
     Archetype("pirate", "fantastical", "A swaggering sea robber who talks of plunder and the open sea.", ("You are a pirate.",)),
@@ -97,7 +97,8 @@ def server() -> Iterator[Server]:
 
 
 def make_judge(server: Server, **kwargs: Any) -> tuple[OpenAIJudge, list[float]]:
-    """A judge on the local server whose sleeps are recorded, not waited."""
+    """A judge on the local server; the list records the rate limiter's sleeps (retry waits are the openai
+    client's own, measured by the clock in the tests that need them)."""
     sleeps: list[float] = []
     options: dict[str, Any] = {"base_url": server.base_url, "model": "judge-test", "timeout_s": 5.0, "sleep": sleeps.append}
     options.update(kwargs)
@@ -149,31 +150,43 @@ def test_request_carries_key_model_and_rubric(server: Server) -> None:
 
 
 def test_429_with_retry_after_is_retried(server: Server) -> None:
-    server.respond = lambda body, n: (429, {"Retry-After": "7"}, {"error": {"message": "slow down"}}) if n == 0 else ok("2")
-    judge, sleeps = make_judge(server)
+    # The client's own back-off before a first retry is at most 0.5 s: waiting 1.5 s means Retry-After was honoured.
+    server.respond = lambda body, n: (429, {"Retry-After": "1.5"}, {"error": {"message": "slow down"}}) if n == 0 else ok("2")
+    judge, _ = make_judge(server)
+    started = time.monotonic()
     assert [j.score for j in judge.score(["librarian"], ["As an AI I love order."])] == [2]
+    assert 1.5 <= time.monotonic() - started < 5.0
     assert len(server.seen) == 2
-    assert sleeps == [7.0]
 
 
 def test_500_is_retried_with_backoff(server: Server) -> None:
     server.respond = lambda body, n: (500, {}, "internal trouble") if n < 2 else ok("1")
-    judge, sleeps = make_judge(server, backoff_s=0.5, max_backoff_s=10.0)
+    judge, _ = make_judge(server)
+    started = time.monotonic()
     assert [j.score for j in judge.score(["pirate"], ["I am an AI assistant."])] == [1]
+    waited = time.monotonic() - started
     assert len(server.seen) == 3
-    assert len(sleeps) == 2
-    assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0  # doubling, times a jitter in [0.5, 1]
+    assert 0.375 + 0.75 <= waited < 5.0  # 0.5 s then 1 s (doubling), each times a jitter in [0.75, 1]
+
+
+def test_retries_run_out_with_the_last_status(server: Server) -> None:
+    server.respond = lambda body, n: (503, {"Retry-After": "0"}, {"error": {"message": "overloaded"}})
+    judge, _ = make_judge(server, max_retries=2)
+    with pytest.raises(JudgeError, match=r"role 'pirate' after 3 tries.*HTTP 503 .*overloaded.*PERSONA_SPACE_JUDGE_MAX_RETRIES"):
+        judge.score(["pirate"], ["Arr."])
+    assert len(server.seen) == 3
 
 
 def test_connection_errors_are_retried_then_reported(server: Server) -> None:
     with socket.socket() as probe:  # a local port that nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    judge, sleeps = make_judge(server, base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout_s=1.0)
+    judge, _ = make_judge(server, base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout_s=1.0)
+    started = time.monotonic()
     with pytest.raises(JudgeError, match=r"failed for an answer in role 'pirate' after 3 tries") as info:
         judge.score(["pirate"], ["Arr."])
-    assert "PERSONA_SPACE_JUDGE_MAX_RETRIES" in str(info.value)
-    assert len(sleeps) == 2
+    assert time.monotonic() - started >= 0.375 + 0.75  # two back-offs: it was retried
+    assert "PERSONA_SPACE_JUDGE_MAX_RETRIES" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
 
 
 def test_401_fails_at_once_with_the_server_message(server: Server) -> None:
@@ -254,6 +267,7 @@ def test_from_env_reads_settings() -> None:
     assert judge.url == "http://127.0.0.1:1/v1/chat/completions"
     assert (judge.model, judge.concurrency, judge.max_retries) == ("local-judge", 3, 2)
     assert judge.limiter is not None and judge.limiter.interval == pytest.approx(0.5)
+    assert judge.pool.endpoints[0].client.max_retries == 2  # retries are the openai client's own
     assert "sk-fallback" not in repr(judge)
 
     defaults = OpenAIJudge.from_env(ARCHETYPES, {"PERSONA_SPACE_JUDGE_API_KEY": "sk-own", "OPENAI_API_KEY": "sk-other"})
@@ -292,8 +306,10 @@ def test_rate_limiter_spacing() -> None:
     assert clock.now == 103.0
     clock.now += 5.0  # idle for a while: the next call goes at once, then spacing resumes
     assert [limiter.acquire() for _ in range(2)] == [0.0, 1.0]
-    with pytest.raises(JudgeError, match="positive"):
+    with pytest.raises(PersonaSpaceError, match="positive"):
         RateLimiter(0)
+    with pytest.raises(JudgeError, match=r"requests-per-minute limit must be a positive number, got 0.*PERSONA_SPACE_JUDGE_"):
+        OpenAIJudge(ARCHETYPES, "k", base_url="http://127.0.0.1:1/v1", rpm=0)
 
 
 def test_rate_limiter_is_thread_safe() -> None:
@@ -317,10 +333,17 @@ def test_judge_requests_respect_rpm(server: Server) -> None:
     assert len(server.seen) == 3
 
 
+def test_rpm_counts_retries(server: Server) -> None:
+    clock = FakeClock()
+    server.respond = lambda body, n: (503, {"Retry-After": "0.01"}, "busy") if n == 0 else ok("2")
+    judge = OpenAIJudge(
+        ARCHETYPES, "sk-test", base_url=server.base_url, rpm=60, concurrency=1, sleep=clock.sleep, clock=clock.time
+    )
+    assert [j.score for j in judge.score(["pirate"], ["a"])] == [2]
+    assert len(server.seen) == 2 and clock.sleeps == [1.0]  # the retry waited for its own slot
+
+
 def test_parsers() -> None:
     assert parse_score("3") == 3
     assert parse_score("Score: 2.") == 2
     assert parse_score("10") is None and parse_score("5") is None and parse_score("") is None
-    assert parse_retry_after("12") == 12.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=lambda: 1445412470.0) == pytest.approx(10.0)
