@@ -194,3 +194,30 @@ def test_cap_tuning_page_loads_a_setting_into_the_live_chat(tmp_path, monkeypatc
     patches = [c for c in fake.calls if c[0] == "patch_controls"]
     assert patches[-1][1] == {"cap_enabled": True, "cap_percentile": 75.0, "cap_layers": [2, 4]}
     assert PICK_KEY not in chat.session_state  # applied once
+
+
+def test_preset_goes_into_the_manifest_and_old_manifests_still_load(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from backend.cap_preset import default_cap, write_preset
+    from backend.errors import SpaceError
+    from backend.manifest_check import check_manifest
+    from backend.space_info import format_info, space_info
+    from backend.store import load_space
+
+    folder = tmp_path / "space"
+    shutil.copytree(tiny_world[1], folder)
+    old = load_space(folder)
+    assert "cap_preset" not in old.manifest
+    assert default_cap(old.manifest, (2, 4)) == (75.0, tuple(old.manifest.get("cap_window") or (2, 4)))
+    assert "cap preset  none" in format_info(space_info(old))
+    with pytest.raises(SpaceError, match="recommends no setting"):
+        write_preset(folder, dict(REPORT, recommendation=recommend(TABLE, 0.001)))
+    preset = write_preset(folder, REPORT)
+    assert preset["percentile"] == 50.0 and preset["window"] == [2, 4] and "lowest attack adoption" in preset["rule"]
+    space = load_space(folder)  # the tensors' hash is unchanged; the manifest still validates
+    assert space.manifest["cap_preset"]["figures"]["adoption"] == 0.40
+    assert default_cap(space.manifest, (0, 1)) == (50.0, (2, 4))
+    assert "p50 on layers [2, 4]" in format_info(space_info(space))
+    bad = dict(space.manifest, cap_preset=dict(preset, window=[3, 99]))
+    assert "cap_preset" in str(check_manifest(bad))
