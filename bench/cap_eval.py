@@ -4,7 +4,8 @@ On the embedded default, the same items (attack and benign, spread over kinds) a
 percentile on the space's cap window) are evaluated twice into fresh folders: once with ``--batch-rows`` rows per
 forward pass (items of several settings share a batch through per-row controls), once with one row at a time.
 Both runs include the teacher-forced cost passes and judging (the judge is loaded before timing), so the figure is
-the whole evaluation's rate. The two runs must agree on every greedy reply. The last line is JSON.
+the whole evaluation's rate. A short warm-up run comes first. The two runs must agree on every greedy reply. The last
+line is JSON.
 
     python bench/cap_eval.py --quick
 """
@@ -49,8 +50,10 @@ def main() -> None:
     judge = EmbeddingJudge(catalogue.archetypes)
     items = len(attacks) + len(benign)
     result: dict[str, object] = {"model": loaded.info.name, "items": items, "settings": len(settings), "tokens": tokens}
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: first forward passes, the judge's first encode
+        run_eval(loaded, space, attacks[:1], benign[:1], settings, Path(tmp), judge=judge, max_new_tokens=4, batch_rows=2)
     replies = {}
-    for name, rows in (("batched", args.batch_rows), ("one_at_a_time", 1)):
+    for name, rows in (("one_at_a_time", 1), ("batched", args.batch_rows)):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             run_eval(loaded, space, attacks, benign, settings, Path(tmp), judge=judge, max_new_tokens=tokens, batch_rows=rows)
