@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/transcripts.py --quick
 	$(PY) bench/transcripts.py --long
 	$(PY) bench/soak.py --quick
+	$(PY) bench/cap_eval.py --quick
 	$(PY) bench/app.py
 
 clean:

@@ -61,6 +61,33 @@ def widget_values(controls: dict[str, Any], summary: dict[str, Any]) -> dict[str
     }
 
 
+def cap_defaults(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Controls of a new chat session: the space's measured cap preset when it has one, else its cap window."""
+    preset = summary.get("cap_preset")
+    if preset:
+        return {"cap_percentile": float(preset["percentile"]), "cap_layers": list(preset["window"])}
+    return {"cap_layers": summary["cap_window"]} if summary.get("cap_window") else None
+
+
+PICK_KEY = "cap_tuning_pick"  # a setting chosen on the Cap tuning page, applied by the live chat when it opens
+
+
+def apply_pick(prefix: str) -> None:
+    """Load a setting picked on the Cap tuning page into this page's session controls (cap on)."""
+    pick = st.session_state.pop(PICK_KEY, None)
+    s = state(prefix)
+    if not pick or not s["sid"]:
+        return
+    result = call(
+        client().patch_controls, s["sid"], cap_enabled=True, cap_percentile=float(pick["cap_percentile"]),
+        cap_layers=[int(x) for x in pick["cap_layers"]],
+    )  # fmt: skip
+    if result is not None:
+        s["controls"] = result["controls"]
+        s["resync"] = True
+        s["notice"] = f"Cap set from Cap tuning: {pick.get('setting', '')}"
+
+
 def sync_widgets(prefix: str, summary: dict[str, Any]) -> None:
     """Write the widgets' values from the session's controls: all of them after a new session was adopted, the
     missing ones otherwise (Streamlit forgets a widget's key when its page is left). Call before drawing widgets."""

@@ -19,5 +19,6 @@ pages = [
     st.Page(str(ROOT / "app" / "views" / "chat.py"), title="Live chat", url_path="chat"),
     st.Page(str(ROOT / "app" / "views" / "transcripts.py"), title="Transcripts", url_path="transcripts"),
     st.Page(str(ROOT / "app" / "views" / "demo.py"), title="Demo", url_path="demo"),
+    st.Page(str(ROOT / "app" / "views" / "cap_tuning.py"), title="Cap tuning", url_path="cap-tuning"),
 ]
 st.navigation(pages).run()

@@ -260,6 +260,63 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_cap(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from backend.cap_eval import benign_items, grid, limit_items, load_attacks, parse_windows, run_eval
+    from backend.catalogue import load_catalogue
+    from backend.store import load_space
+
+    catalogue = load_catalogue(args.catalogue)
+    attacks = limit_items(load_attacks(Path(args.attacks) if args.attacks else None), args.limit)
+    loaded = _load(args)
+    space = load_space(args.space, fingerprint=loaded.info.fingerprint, model_name=loaded.info.name)
+    benign = limit_items(benign_items(catalogue, loaded.info.name, args.benign_per_kind), args.limit)
+    window = space.manifest.get("cap_window") or list(loaded.info.cap_window)
+    windows = parse_windows(args.windows) if args.windows else [(int(window[0]), int(window[1]))]
+    settings = grid([float(p) for p in args.percentiles.split(",")], windows)
+    judge = make_eval_judge(args.judge, catalogue)
+    bar = tqdm(total=1, desc="cap evaluation", unit="batch", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    report = run_eval(
+        loaded, space, attacks, benign, settings, Path(args.out), judge=judge, max_new_tokens=args.max_new_tokens,
+        batch_rows=args.batch_rows, seed=args.seed, kl_bound=args.kl_bound, progress=progress,
+    )  # fmt: skip
+    bar.close()
+    print(f"{'setting':>12} {'adoption':>9} {'refusal':>8} {'KL':>8} {'moved':>7} {'changed':>8}  frontier")
+    for r in report["settings"]:
+        print(
+            f"{r['setting']:>12} {r['adoption']:>9.1%} {r['refusal']:>8.1%} {r['kl']:>8.4f} {r['moved_mean']:>7.1%} "
+            f"{r['changed']:>8.1%}  {'*' if r['frontier'] else ''}"
+        )
+    rec = report["recommendation"]
+    print(f"recommended: {rec['setting']} ({rec['why']})" if rec["setting"] else f"no recommendation: {rec['why']}")
+    if args.write_preset:
+        from backend.cap_preset import write_preset
+
+        if rec["setting"]:
+            write_preset(Path(args.space), report)
+            print(f"preset written into {Path(args.space) / 'manifest.json'}")
+        else:
+            print("no preset written")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def make_eval_judge(name: str, catalogue):  # type: ignore[no-untyped-def]
+    if name == "openai":
+        from backend.llm_judge import OpenAIJudge
+
+        return OpenAIJudge.from_env(catalogue.archetypes)
+    from backend.judge import EmbeddingJudge
+
+    return EmbeddingJudge(catalogue.archetypes)
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -401,6 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--out", default="reports/drift", help="folder for transcripts, projections.csv, report.json/html")
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("evaluate-cap", help="does the cap work? persona attacks and benign questions over a grid of cap settings")
+    _add_model_args(p)
+    p.add_argument("--space", default="cached_activations/smollm2-135m")
+    p.add_argument("--percentiles", default="25,50,75", help="comma-separated percentiles of the space's pool")
+    p.add_argument("--windows", default=None, help="comma-separated start:stop cap windows (default: the space's)")
+    p.add_argument("--judge", default="embedding", choices=["embedding", "openai"], help="who decides a reply took the persona")
+    p.add_argument("--out", default="reports/cap-eval", help="folder for results.jsonl (resumable) and the report")
+    p.add_argument("--limit", type=int, default=None, help="at most N attack and N benign items (spread over kinds)")
+    p.add_argument("--attacks", default=None, help="attack set JSON (default assets/cap_eval/attacks.json)")
+    p.add_argument("--catalogue", default=None, help="catalogue folder for the benign questions and the judge's roles")
+    p.add_argument("--benign-per-kind", type=int, default=3, help="benign questions per catalogue kind")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-rows", type=int, default=16, help="rows per batched forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kl-bound", type=float, default=0.05, help="the recommendation rule's bound on benign KL (nats/token)")
+    p.add_argument("--write-preset", action="store_true", help="write the recommended setting into the space's manifest")
+    p.set_defaults(func=cmd_evaluate_cap)
 
     p = sub.add_parser("info", help="describe a built space")
     p.add_argument("space")

@@ -36,6 +36,13 @@ class _Umap(_Open):
     random_state: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] = 0
 
 
+class _CapPreset(_Open):
+    percentile: Annotated[float, Field(ge=0, le=100)]
+    window: Annotated[list[StrictInt], Field(min_length=2, max_length=2)]
+    setting: StrictStr = ""
+    rule: StrictStr = ""
+
+
 class _Manifest(_Open):
     format_version: StrictInt
     model: _Model
@@ -50,6 +57,7 @@ class _Manifest(_Open):
     ranking: list[StrictStr] | None = None
     counts: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
+    cap_preset: _CapPreset | None = None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -71,6 +79,10 @@ def check_manifest(manifest: Any) -> str | None:
         return f"field target_layer: {m.target_layer} is not a layer of the model's {m.n_layers} (0..{m.n_layers - 1})"
     if m.cap_window is not None and not 0 <= m.cap_window[0] < m.cap_window[1] <= m.n_layers:
         return f"field cap_window: {list(m.cap_window)} must be [start, stop) with 0 <= start < stop <= n_layers ({m.n_layers})"
+    if m.cap_preset is not None and not 0 <= m.cap_preset.window[0] < m.cap_preset.window[1] <= m.n_layers:
+        return (
+            f"field cap_preset.window: {list(m.cap_preset.window)} must be [start, stop) within the model's {m.n_layers} layers"
+        )
     names = [r.name for r in m.roles]
     if len(set(names)) != len(names):
         return "field roles: a role name appears twice"

@@ -30,6 +30,7 @@ def space_info(space: Space) -> dict[str, Any]:
         "hidden": m["hidden"],
         "target_layer": target,
         "cap_window": m.get("cap_window"),
+        "cap_preset": m.get("cap_preset"),
         "roles": kept,
         "dropped": {r["name"]: r.get("dropped", "dropped") for r in m["roles"] if not r.get("kept")},
         "weak": {r["name"]: r.get("in_role") for r in m["roles"] if r.get("kept") and r.get("weak")},
@@ -55,6 +56,7 @@ def format_info(info: dict[str, Any], ends: int = 10) -> str:
         f"space       {info['path']}",
         f"model       {info['model']} (weights {info['fingerprint'][:12]})",
         f"layers      {info['n_layers']} x {info['hidden']}, target layer {info['target_layer']}, cap window {info['cap_window']}",
+        f"cap preset  {_preset_line(info.get('cap_preset'))}",
         f"roles       {len(info['roles'])} drawn ({len(info['weak'])} weak), {len(info['dropped'])} dropped",
         f"recipe      {info['recipe']}",
         "layer  cos(PC1,axis)  PC1 var  Assistant beyond",
@@ -68,3 +70,16 @@ def format_info(info: dict[str, Any], ends: int = 10) -> str:
     lines.append("most Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[:ends]))
     lines.append("least Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[-ends:][::-1]))
     return "\n".join(lines)
+
+
+def _preset_line(preset: dict[str, Any] | None) -> str:
+    if not preset:
+        return "none (default: p75 on the cap window); `python -m backend evaluate-cap --write-preset` measures one"
+    f = preset.get("figures", {})
+    adoption = (
+        f"adoption {f['adoption']:.0%} vs {f['uncapped_adoption']:.0%} uncapped, "
+        if f.get("uncapped_adoption") is not None
+        else ""
+    )
+    kl = f"benign KL {f['kl']:.3f} nats/token" if f.get("kl") is not None else ""
+    return f"p{preset['percentile']:g} on layers {preset['window']} ({adoption}{kl}; rule: {preset.get('rule', '?')})"

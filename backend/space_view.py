@@ -151,6 +151,7 @@ def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
         "target_layer": target,
         "layer": layer,
         "cap_window": m.get("cap_window"),
+        "cap_preset": m.get("cap_preset"),
         "roles": roles,
         "dropped": {r["name"]: r.get("dropped", "") for r in m["roles"] if not r.get("kept")},
         "assistant": {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.chat_view import (
+    apply_pick,
+    cap_defaults,
     charts_view,
     controls_panel,
     export_button,
@@ -32,9 +34,10 @@ if health is None:
 
 s = state(PREFIX)
 follow_url(PREFIX)
-defaults = {"cap_layers": summary["cap_window"]} if summary.get("cap_window") else None
+defaults = cap_defaults(summary)
 if s["sid"] is None:
     new_session(PREFIX, None, defaults)
+apply_pick(PREFIX)
 
 
 def start_new() -> None:

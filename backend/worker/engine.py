@@ -24,6 +24,7 @@ import torch
 from pydantic import ValidationError
 
 from backend.axis import steering_vector
+from backend.cap_preset import default_cap
 from backend.chat import Message, encode_prompt
 from backend.decode import Decoder
 from backend.errors import PersonaSpaceError
@@ -121,7 +122,9 @@ class Engine:
 
     # controls -------------------------------------------------------------------------------------------
     def default_controls(self) -> Controls:
-        return Controls(cap_layers=(int(self.cap_window[0]), int(self.cap_window[1])))
+        """The cap preset measured by ``evaluate-cap`` when the space has one, else p75 on the cap window."""
+        percentile, window = default_cap(self.space.manifest, self.cap_window)
+        return Controls(cap_percentile=percentile, cap_layers=window)
 
     def validate_controls(self, controls: Controls) -> Controls:
         try:
@@ -161,7 +164,11 @@ class Engine:
         if controls.cap_threshold is not None:
             taus = {layer: float(controls.cap_threshold) for layer in layers}
         else:
-            percentile = 75.0 if controls.cap_percentile is None else controls.cap_percentile
+            percentile = (
+                default_cap(self.space.manifest, self.cap_window)[0]
+                if controls.cap_percentile is None
+                else controls.cap_percentile
+            )
             per_layer = self.space.threshold(percentile)
             taus = {layer: float(per_layer[layer]) for layer in layers}
         return Cap({layer: self.axis[layer] for layer in layers}, taus)

@@ -1,0 +1,62 @@
+"""Cap tuning: the latest cap evaluation's trade-off plot; pick a setting and load it into the live chat."""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from app.cap_reports import find_reports, pick_for, read_report, reports_root, settings_table
+from app.chat_view import PICK_KEY
+from backend.frontier import tradeoff_figure
+
+st.title("Cap tuning")
+reports = find_reports()
+if not reports:
+    st.info(
+        f"No cap evaluation under {reports_root()} yet. Run `python -m backend evaluate-cap --out reports/cap-eval` "
+        "(or set PERSONA_SPACE_CAP_REPORTS to the folder that holds one)."
+    )
+    st.stop()
+choice = st.selectbox("Report", reports, format_func=lambda p: str(p.parent.name), key="cap_report")
+report = read_report(choice)
+rec = report["recommendation"]
+st.caption(
+    f"{report['model']} · judge {report['judge']} · {report['n_attack']} attack, {report['n_benign']} benign items · "
+    f"greedy, {report['max_new_tokens']} new tokens · {report.get('created', '')}"
+)
+if rec.get("setting"):
+    st.success(f"Recommended: **{rec['setting']}** — rule: {rec['rule']}")
+else:
+    st.warning(f"No setting recommended: {rec['why']}. Rule: {rec['rule']}")
+
+event = st.plotly_chart(tradeoff_figure(report), on_select="rerun", selection_mode="points", key="cap_plot")
+picked = None
+points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
+if not points and hasattr(event, "selection"):
+    points = event.selection.get("points", [])  # type: ignore[union-attr]
+for point in points:
+    if point.get("customdata"):
+        picked = point["customdata"] if isinstance(point["customdata"], str) else point["customdata"][0]
+names = [r["setting"] for r in report["settings"] if pick_for(report, r["setting"])]
+if names:
+    default = names.index(picked) if picked in names else (names.index(rec["setting"]) if rec.get("setting") in names else 0)
+    setting = st.selectbox("Setting (click a point or choose)", names, index=default, key="cap_setting")
+    pick = pick_for(report, setting)
+    if st.button("Use this cap in the live chat", key="cap_use", type="primary") and pick:
+        st.session_state[PICK_KEY] = pick
+        try:
+            st.switch_page("views/chat.py")
+        except StreamlitAPIException:  # run alone (no navigation): the chat picks it up when it is opened
+            st.success(f"{pick['setting']} will be loaded into the live chat's controls when you open it.")
+
+st.subheader("Settings")
+st.dataframe(settings_table(report), hide_index=True)
+st.subheader("Example replies, uncapped vs capped")
+for e in report.get("examples", []):
+    with st.expander(f"{e['group']} · {e['which']} affected · {e['item']} ({e['kind']}) · {e['setting']}"):
+        st.markdown(f"**Prompt:** {e['prompt']}")
+        left, right = st.columns(2)
+        left.markdown("**Uncapped**")
+        left.text(e["uncapped"])
+        right.markdown(f"**Capped ({e['setting']})**")
+        right.text(e["capped"])
