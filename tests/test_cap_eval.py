@@ -221,3 +221,26 @@ def test_preset_goes_into_the_manifest_and_old_manifests_still_load(tiny_world, 
     assert "p50 on layers [2, 4]" in format_info(space_info(space))
     bad = dict(space.manifest, cap_preset=dict(preset, window=[3, 99]))
     assert "cap_preset" in str(check_manifest(bad))
+
+
+def test_a_worker_on_a_space_with_a_preset_starts_sessions_with_it(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from backend.cap_preset import write_preset
+    from tests.worker_harness import Worker
+
+    folder = tmp_path / "space"
+    shutil.copytree(tiny_world[1], folder)
+    write_preset(folder, REPORT)  # p50 on layers [2, 4)
+    w = Worker(tiny_world[0], folder, tmp_path / "preset.sqlite3")
+    try:
+        w.wait_ready()
+        made = w.client.post("/sessions", json={})
+        assert made.status_code in (200, 201), made.text
+        controls = w.client.get(f"/sessions/{made.json()['id']}").json()["controls"]
+        assert controls["cap_percentile"] == 50.0 and controls["cap_layers"] == [2, 4]
+        # a session that asks for its own cap keeps it
+        sid = w.session(controls={"cap_percentile": 90.0})
+        assert w.client.get(f"/sessions/{sid}").json()["controls"]["cap_percentile"] == 90.0
+    finally:
+        w.close()
