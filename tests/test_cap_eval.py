@@ -16,6 +16,7 @@ from backend.frontier import kl_per_position, pareto_front, recommend
 from backend.judge import Judged
 from backend.store import Space
 from tests.test_app import page, tiny_space  # noqa: F401  (the app tests' fixture)
+from tests.test_llm_judge import Server, ok, server  # noqa: F401  (the OpenAI-compatible judge's test server)
 
 N_LAYERS, HIDDEN = 4, 32
 
@@ -244,3 +245,22 @@ def test_a_worker_on_a_space_with_a_preset_starts_sessions_with_it(tiny_world, t
         assert w.client.get(f"/sessions/{sid}").json()["controls"]["cap_percentile"] == 90.0
     finally:
         w.close()
+
+
+def test_the_openai_judge_decides_adoption(tiny_chat, server: Server, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """``--judge openai``: the existing OpenAI-compatible judge, on its test server, scores every attack reply for the
+    persona its item pushes; here the server says 3 (fully in role) for the pirate and 0 for anything else."""
+    from backend.catalogue import load_catalogue
+    from backend.llm_judge import OpenAIJudge
+
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server.respond = lambda body, n: ok("3" if "pirate" in json.dumps(body).lower() else "0")
+    judge = OpenAIJudge(load_catalogue().archetypes, "sk-test", base_url=server.base_url, model="judge-test", timeout_s=5.0)
+    settings = grid([25], [(2, 4)])
+    report = run_eval(tiny_chat, fake_space(), ITEMS[:2], ITEMS[2:], settings, tmp_path / "eval", judge=judge, max_new_tokens=4)
+    assert report["judge"] == "openai"
+    assert {r["setting"]: r["adoption"] for r in report["settings"]} == {"uncapped": 0.5, "p25@2:4": 0.5}
+    asked = [json.dumps(s.body).lower() for s in server.seen]
+    assert server.seen and all(s.path == "/v1/chat/completions" for s in server.seen)
+    assert any("pirate" in a for a in asked) and any("ghost" in a for a in asked)
