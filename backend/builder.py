@@ -31,6 +31,7 @@ from backend.assemble import assemble_space, build_space, fit_umap
 from backend.catalogue import DEFAULT_ROLE, Catalogue
 from backend.chat import encode_prompt
 from backend.errors import PersonaSpaceError
+from backend.generate import eos_ids
 from backend.generators import check_generator, recorded_servers, run_served_generation
 from backend.interventions import Capture, intervene
 from backend.models import LoadedModel, ModelInfo
@@ -108,10 +109,8 @@ GENERATION_FIELDS = (
 
 
 def _stop_ids(loaded: LoadedModel) -> list[int]:
-    ids: set[int] = set()
-    for source in (loaded.model.generation_config, loaded.tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        ids.update([value] if isinstance(value, int) else list(value or []))
+    """EOS ids and the pad id: an answer stops at either, and neither is part of its content."""
+    ids = eos_ids(loaded)
     if loaded.tokenizer.pad_token_id is not None:
         ids.add(int(loaded.tokenizer.pad_token_id))
     return sorted(ids)

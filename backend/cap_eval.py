@@ -40,6 +40,7 @@ from backend.chat import encode_prompt
 from backend.decode import Decoder, generate_rows
 from backend.errors import PersonaSpaceError
 from backend.frontier import DEFAULT_KL_BOUND, kl_per_position, pareto_front, recommend, tradeoff_figure
+from backend.generate import eos_ids
 from backend.layers import block_output, find_decoder_layers
 from backend.models import LoadedModel
 from backend.rows import RowControls
@@ -201,17 +202,6 @@ def batches(tasks: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 # generation ------------------------------------------------------------------------------------------------------
-def _eos(loaded: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    for source in (loaded.model.generation_config, loaded.tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
-
-
 class Runner:
     """What every batch needs: the model, the space's axis, the hooked layers, pad and stop ids."""
 
@@ -227,7 +217,7 @@ class Runner:
             raise PersonaSpaceError(f"a cap window reaches past the model's {self.n_layers} layers")
         self.layers = layers or [self.target]
         self.max_new_tokens = max_new_tokens
-        self.stop_ids = _eos(loaded)
+        self.stop_ids = eos_ids(loaded)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids or {0}))
         self.device = next(self.model.parameters()).device

@@ -106,7 +106,7 @@ def generate_reply(
         torch.manual_seed(sampling.seed)
     out = loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
     new = out[0, len(prompt) :].tolist()
-    eos = _eos_ids(loaded)
+    eos = eos_ids(loaded)
     for i, token in enumerate(new):
         if token in eos:
             new = new[:i]
@@ -114,7 +114,8 @@ def generate_reply(
     return prompt, new
 
 
-def _eos_ids(loaded: LoadedModel) -> set[int]:
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    """The token ids that end a reply: the generation config's and the tokenizer's EOS ids."""
     ids: set[int] = set()
     for source in (loaded.model.generation_config, loaded.tokenizer):
         value = getattr(source, "eos_token_id", None)

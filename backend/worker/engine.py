@@ -28,6 +28,7 @@ from backend.cap_preset import default_cap
 from backend.chat import Message, encode_prompt
 from backend.decode import Decoder
 from backend.errors import PersonaSpaceError
+from backend.generate import eos_ids
 from backend.interventions import Cap, Live, Steer
 from backend.models import LoadedModel
 from backend.placement import Placement
@@ -83,7 +84,7 @@ class Engine:
         self.tokens_generated = 0
         self.unrecorded: dict[int, str] = {}  # failed turns whose failure the database did not take yet
         self.max_context = max_context(loaded.model)
-        self.stop_ids = self._stop_ids()
+        self.stop_ids = eos_ids(loaded)
         self.steer_vectors = self._steer_vectors()
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids or {0}))
@@ -91,12 +92,6 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
 
     # setup ----------------------------------------------------------------------------------------------
-    def _stop_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (self.loaded.model.generation_config, self.loaded.tokenizer):
-            value = getattr(source, "eos_token_id", None)
-            ids.update([value] if isinstance(value, int) else list(value or []))
-        return ids
 
     def _steer_vectors(self) -> torch.Tensor:
         """Steering vectors for coefficient 1 at every layer (zero where the space has no usable norm)."""
