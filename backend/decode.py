@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from backend import small_batch
 from backend.errors import PersonaSpaceError
 from backend.rows import Readouts, RowControls
 
@@ -114,6 +115,8 @@ class Decoder:
         self.cache_pool = cache_pool  # caches kept across decoders, by (rows, capacity): a compiled step reuses them
         self.bucket = max(1, int(bucket))  # capacity rounded up to a multiple of this (fewer shapes to compile)
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            small_batch.install(model)  # idempotent; one or a few rows' products at the weights' streaming rate
         self.cache_kw = "cache" if _accepts(model, "cache") else "past_key_values"
         self.logits_kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
         self.cache: Any = None
@@ -174,7 +177,8 @@ class Decoder:
         end = self.length if first else self.length + n
         mask = self.mask if self.static else self.mask[:, :end]
         filled = self.mask[:, :end]
-        positions = (filled.cumsum(-1) - 1).clamp_min(0)[:, end - n : end]
+        # a fresh contiguous tensor: a slice's strides change every step, and a compiled step guards on them
+        positions = (filled.cumsum(-1) - 1).clamp_min(0)[:, end - n : end].clone(memory_format=torch.contiguous_format)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True}
         if self.cache is not None:
             kwargs[self.cache_kw] = self.cache

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from backend import small_batch
 from backend.chat import TemplateQuirks, template_quirks
 from backend.errors import ModelLoadError
 from backend.layers import find_decoder_layers
@@ -295,6 +296,8 @@ def load_model(
     if device != "auto":
         model.to(device)
     model.eval()
+    if device == "cpu":
+        small_batch.install(model)  # few-row products as W @ x^T: a decode step ~1.9x faster on a CPU
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

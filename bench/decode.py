@@ -1,11 +1,14 @@
 """Decode engine vs plain Hugging Face eager ``generate``: tokens/s, per-token latency, projection error.
 
 On the embedded default, greedy, fixed prompts, runs alternate: plain ``model.generate`` without any hook vs the
-engine (:mod:`backend.decode`: static KV cache, compiled step when ``--compile``) with the monitor at the target
+engine (:mod:`backend.decode`: static KV cache, few-row products as ``W @ x^T`` (:mod:`backend.small_batch`),
+compiled step when ``--compile``) with the monitor at the target
 layer and a cap on 8 layers (a random unit direction, floor 0: about half the tokens move). Every run makes
 exactly ``--tokens`` tokens per prompt (EOS ignored). ``max_projection_error`` is the largest difference of the
 engine's per-token monitor readings in ``--mode`` from the float32 eager engine's on the same tokens (teacher
-forced), and ``diverged`` counts prompts whose greedy tokens differ from float32's. The last line is JSON.
+forced), and ``diverged`` counts prompts whose greedy tokens differ from float32's. ``hf_small_batch_tok_s`` is
+plain ``generate`` with the engine's few-row products: how much of the speedup is the product layout alone. The
+last line is JSON.
 
     python bench/decode.py --quick
     python bench/decode.py --quick --mode bfloat16 --compile
@@ -14,6 +17,7 @@ forced), and ``diverged`` counts prompts whose greedy tokens differ from float32
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from backend import small_batch
 from backend.chat import encode_prompt
 from backend.decode import CompiledStep, Decoder
 from backend.models import cache_dir, load_model
@@ -76,7 +81,7 @@ def main() -> None:
         step: object = None,
         force: list[int] | None = None,
         pooled: bool = True,
-    ):  # type: ignore[no-untyped-def]
+    ) -> tuple[list[int], list[float], list[float]]:
         decoder = Decoder(m, rc, pad_id=pad, step_forward=step, cache_pool=pool if pooled else None, bucket=256)  # type: ignore[arg-type]
         with rc.attach(m):  # the same hook functions each time: the compiled step is not retraced
             logits = decoder.start([prompt], n)
@@ -110,11 +115,12 @@ def main() -> None:
         own, _, _ = engine(fast, rc, p, step)
         diverged += own != tokens
 
-    def hf() -> float:
+    def hf(small: bool = False) -> float:
+        """Plain ``generate`` with ``nn.Linear``'s own products (or, ``small``, with :mod:`backend.small_batch`'s)."""
         t0 = time.perf_counter()
         for p in prompts:
             ids = torch.tensor([p])
-            with torch.inference_mode():
+            with torch.inference_mode(), contextlib.nullcontext() if small else small_batch.plain(fast):
                 fast.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
@@ -132,11 +138,18 @@ def main() -> None:
         return len(prompts) * n / (time.perf_counter() - t0)
 
     hf(), ours([])  # warm up
-    hf_rates, engine_rates, latencies = [], [], []
+    hf_rates: list[float] = []
+    engine_rates: list[float] = []
+    small_rates: list[float] = []
+    latencies: list[float] = []
     for _ in range(rounds):
         hf_rates.append(hf())
         engine_rates.append(ours(latencies))
-        print(f"hf {hf_rates[-1]:.1f} tok/s   engine {engine_rates[-1]:.1f} tok/s", file=sys.stderr)
+        small_rates.append(hf(small=True))
+        print(
+            f"hf {hf_rates[-1]:.1f} tok/s   engine {engine_rates[-1]:.1f} tok/s   hf+small_batch {small_rates[-1]:.1f}",
+            file=sys.stderr,
+        )
     latencies.sort()
     result = {
         "model": info.name,
@@ -151,6 +164,7 @@ def main() -> None:
         "monitor_layer": info.target_layer,
         "hf_tok_s": round(statistics.median(hf_rates), 2),
         "engine_tok_s": round(statistics.median(engine_rates), 2),
+        "hf_small_batch_tok_s": round(statistics.median(small_rates), 2),
         "speedup": round(statistics.median(e / h for e, h in zip(engine_rates, hf_rates, strict=True)), 3),
         "max_projection_error": round(max(errors), 6),
         "diverged_prompts": diverged,
