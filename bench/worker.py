@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
 
+from backend import cpu_threads
 from backend.models import load_model
 from backend.store import load_space
 from backend.worker.db import Database
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None)
     args = parser.parse_args()
+    threads = cpu_threads.reserve()  # as the worker does: the main thread stays out of torch's thread pool
     rounds = args.rounds or (2 if args.quick else 4)
     tokens = args.tokens or (48 if args.quick else 128)
     controls = {"cap_enabled": True, "cap_percentile": 75.0, "max_new_tokens": tokens, "greedy": False, "seed": 1}
@@ -50,7 +51,7 @@ def main() -> None:
     # started -> /health ready.
     spawned = time.perf_counter()
     # the same number of threads as the in-process engine below (the test harness's default is one)
-    worker = Worker(args.model, Path(args.space), tmp / "http.sqlite3", env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
+    worker = Worker(args.model, Path(args.space), tmp / "http.sqlite3", env={"OMP_NUM_THREADS": str(threads)})
     worker.wait_ready()
     ready_s = time.perf_counter() - spawned
     # The map (UMAP refit) is built in the background after ready; throughput is measured once it is done in both
@@ -60,7 +61,7 @@ def main() -> None:
     map_ready_s = time.perf_counter() - spawned
     loaded = load_model(args.model)
     space = load_space(args.space, fingerprint=loaded.info.fingerprint)
-    engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"))
+    engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"), threads=threads)
     engine.start()
     engine.ready.wait()
     while engine.placement.phase != "ready":

@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
+from backend import cpu_threads
 from backend.axis import steering_vector
 from backend.cap_preset import default_cap
 from backend.chat import Message, encode_prompt
@@ -61,9 +63,20 @@ class Job:
     partner: Job | None = None  # a comparison's uncapped column, generated in the same batch as this one
 
 
+@dataclass
+class _Call:
+    """Work that needs the model, run on the generation thread for another thread (see :mod:`backend.cpu_threads`)."""
+
+    fn: Callable[[], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
 class Engine:
-    def __init__(self, loaded: LoadedModel, space: Space, db: Database) -> None:
+    def __init__(self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None) -> None:
         self.loaded = loaded
+        self.threads = int(threads or torch.get_num_threads())  # the generation thread's torch threads
         self.space = space
         self.db = db
         self.placement = Placement(space)
@@ -73,6 +86,7 @@ class Engine:
         self.axis = space.tensors["axis"]
         self.cap_window = tuple(space.manifest.get("cap_window") or info.cap_window)
         self.jobs: deque[Job] = deque()
+        self.calls: deque[_Call] = deque()  # served before queued turns
         self.cond = threading.Condition()
         self.running: Job | None = None
         self.pending: dict[str, tuple[Controls, int]] = {}
@@ -228,6 +242,7 @@ class Engine:
 
     # generation -----------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        cpu_threads.own(self.threads)
         self.placement.warm_up()  # in the background: tokens stream at once, placement waits for the map if needed
         self.ready.set()
         while True:
@@ -235,23 +250,34 @@ class Engine:
                 job = self._next_job()
                 if job is None:
                     return
-                self._serve(job)
+                if isinstance(job, _Call):
+                    self._call(job)
+                else:
+                    self._serve(job)
             except Exception:  # nothing may end this thread: log, pause a moment, go on
                 log.exception("the generation loop hit an error")
                 time.sleep(0.5)
 
-    def _next_job(self) -> Job | None:
+    def _next_job(self) -> Job | _Call | None:
         while True:
             self._record_failures()
             with self.cond:
-                while not self.jobs and not self.closed:
+                if self.calls and not self.closed:
+                    return self.calls.popleft()
+                while not self.jobs and not self.calls and not self.closed:
                     # while failures wait to be recorded (the database was not writable), retry them every second
                     if self.unrecorded:
                         self.cond.wait(1.0)
                         break
                     self.cond.wait()
                 if self.closed:
+                    for call in self.calls:  # nobody will run them: their callers get an error, not a hang
+                        call.error = PersonaSpaceError("the worker is shutting down")
+                        call.done.set()
+                    self.calls.clear()
                     return None
+                if self.calls:
+                    return self.calls.popleft()
                 if self.jobs:
                     self.running = self.jobs.popleft()
                     return self.running
@@ -269,6 +295,31 @@ class Engine:
                 self.running = None
                 self.cap_live.set(None)
                 self.steer_live.set(None)
+
+    def _call(self, call: _Call) -> None:
+        try:
+            with self.model_lock, torch.inference_mode():
+                call.result = call.fn()
+        except BaseException as exc:  # the caller re-raises it on its own thread
+            call.error = exc
+        finally:
+            call.done.set()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the generation thread, before queued turns (after the running one); returns its result."""
+        if threading.current_thread() is self.thread or not self.thread.is_alive():
+            with self.model_lock, torch.inference_mode():  # not started (or already closed): run it here
+                return fn()
+        item = _Call(fn)
+        with self.cond:
+            if self.closed:
+                raise PersonaSpaceError("the worker is shutting down")
+            self.calls.append(item)
+            self.cond.notify_all()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
 
     def _record_failures(self) -> None:
         """Mark failed turns as such (``turn_error`` + ``turn_end``) once the database takes the write."""
@@ -462,9 +513,10 @@ class Engine:
         """Project a transcript (any accepted format) with the loaded model; waits for a running turn."""
         from backend.transcripts import parse_transcript, project_transcript
 
-        transcript = parse_transcript(data)
-        with self.model_lock:
-            return project_transcript(self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens)
+        transcript = parse_transcript(data)  # a malformed transcript is refused here, without queueing
+        return self.call(
+            lambda: project_transcript(self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens)
+        )
 
 
 @dataclass
