@@ -2,7 +2,8 @@
 
 The app starts at once (the persona-space pages read the space from disk); the worker loads the model in the
 background and the chat pages say so until it is ready. Ports and paths come from the environment:
-PERSONA_SPACE_MODEL, PERSONA_SPACE_SPACE, PERSONA_SPACE_WORKER_PORT (8765), PERSONA_SPACE_APP_PORT (8501).
+PERSONA_SPACE_MODEL, PERSONA_SPACE_SPACE, PERSONA_SPACE_WORKER_PORT (8765), PERSONA_SPACE_APP_PORT (8501),
+PERSONA_SPACE_COMPILE (1: the worker compiles its decode step in the background; 0: it stays eager).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def main() -> int:
     env = dict(
         os.environ, PERSONA_SPACE_WORKER_URL=f"http://127.0.0.1:{worker_port}", PERSONA_SPACE_SPACE=space, PYTHONPATH=str(ROOT)
     )
+    compile_flag = [] if os.environ.get("PERSONA_SPACE_COMPILE", "1") != "0" else ["--no-compile"]
     worker = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve", "--model", model, "--space", space, "--port", str(worker_port)],
+        [sys.executable, "-m", "backend", "serve", "--model", model, "--space", space, "--port", str(worker_port), *compile_flag],
         cwd=ROOT,
         env=env,
     )

@@ -75,6 +75,9 @@ def status_line(health: dict[str, Any] | str) -> tuple[str, str]:
     queue = int(health.get("queue_length") or 0)
     busy = f"busy: {queue} turn{'s' if queue != 1 else ''} running or queued" if queue else "idle"
     phase = f" · {health['phase']}" if health.get("phase") not in (None, "ready") else ""
+    step = str(health.get("decode_step") or "")
+    if step.startswith("compiling"):  # tokens already stream, eagerly; they speed up once the step is compiled
+        phase += " · compiling the decode step (faster tokens soon)"
     return "success", f"Worker ready: {health.get('model_name', health.get('model'))} on {health.get('device')} · {busy}{phase}"
 
 

@@ -83,14 +83,16 @@ def run_drift(
     cap_layers: tuple[int, int] | None = None,
     max_new_tokens: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run every scenario x variant x seed; write transcripts, CSV, JSON and HTML into ``out``; return the report."""
+    """Run every scenario x variant x seed; write transcripts, CSV, JSON and HTML into ``out``; return the report.
+    ``threads``: the generation thread's torch threads (:func:`backend.cpu_threads.reserve`'s count)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "transcripts").mkdir(exist_ok=True)
     db_path = out / "drift.sqlite3"
     if db_path.exists():
         db_path.unlink()
-    engine = Engine(loaded, space, Database(db_path))
+    engine = Engine(loaded, space, Database(db_path), threads=threads)
     engine.start()
     engine.ready.wait()
     window = cap_layers or (int(engine.cap_window[0]), int(engine.cap_window[1]))

@@ -29,7 +29,7 @@ def main() -> None:
 
     kept = len(read_space(SHIPPED).roles)
     target = read_space(SHIPPED).target_layer
-    servers = Servers()
+    servers = Servers(compile=True)  # as `make run` starts it: the worker compiles its decode step in the background
     try:
         with sync_playwright() as p:
             context = launch_browser(p)

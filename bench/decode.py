@@ -7,8 +7,10 @@ layer and a cap on 8 layers (a random unit direction, floor 0: about half the to
 exactly ``--tokens`` tokens per prompt (EOS ignored). ``max_projection_error`` is the largest difference of the
 engine's per-token monitor readings in ``--mode`` from the float32 eager engine's on the same tokens (teacher
 forced), and ``diverged`` counts prompts whose greedy tokens differ from float32's. ``hf_small_batch_tok_s`` is
-plain ``generate`` with the engine's few-row products: how much of the speedup is the product layout alone. The
-last line is JSON.
+plain ``generate`` with the engine's few-row products: how much of the speedup is the product layout alone. With
+``--compile``, ``worker_step_tok_s`` is the worker's own decode step (:mod:`backend.compiled_rows`: two rows, a twin
+filling a single turn, hooks on every layer, a 512-position cache), greedy, readouts copied every step. The last
+line is JSON.
 
     python bench/decode.py --quick
     python bench/decode.py --quick --mode bfloat16 --compile
@@ -30,6 +32,7 @@ import torch
 
 from backend import small_batch
 from backend.chat import encode_prompt
+from backend.compiled_rows import CompiledRows
 from backend.decode import CompiledStep, Decoder
 from backend.models import cache_dir, load_model
 from backend.rows import RowControls
@@ -108,6 +111,33 @@ def main() -> None:
         engine(fast, rc, prompts[0], compiled.forward)  # the first call compiles (inductor's disk cache helps later)
         compile_s = round(time.perf_counter() - t0, 1)
         step = compiled.forward
+    # the worker's own configuration: the compiled two-row step on a shadow of the model (a twin row fills a single
+    # turn), hooks on every layer (cap and steering windows are live controls), the cap on 8 of them, a 512-position cache
+    worker_step = None
+    if args.compile:
+        factory = lambda rows: RowControls(  # noqa: E731
+            rows, info.n_layers, info.hidden, cap_directions=axis, steer_vectors=axis * 0.0,
+            monitor=(info.target_layer, axis[info.target_layer]), capture_layer=info.target_layer,
+            dtype=MODES[args.mode],
+        )  # fmt: skip
+        worker_step = CompiledRows(
+            fast, factory, rows=2, capacity=512, pad_id=pad, cache_dir=str(cache_dir() / "inductor")
+        ).start()
+        worker_step.step.ready.wait()
+        worker_step.controls.set_cap(0, dict.fromkeys(cap_layers, 0.0))
+
+    def worker_rate() -> float:
+        assert worker_step is not None
+        t0 = time.perf_counter()
+        for p in prompts:
+            decoder = worker_step.decoder()
+            logits = decoder.start([p, p], worker_step.capacity - len(p))
+            for _ in range(n):
+                token = int(logits[0].argmax())
+                logits = decoder.step([token, token])
+                worker_step.controls.readouts()
+        return len(prompts) * n / (time.perf_counter() - t0)
+
     errors, diverged = [], 0
     for p, (tokens, readings, _) in zip(prompts, ref, strict=True):
         _, forced, _ = engine(fast, rc, p, step, force=tokens)
@@ -141,11 +171,15 @@ def main() -> None:
     hf_rates: list[float] = []
     engine_rates: list[float] = []
     small_rates: list[float] = []
+    worker_rates: list[float] = []
     latencies: list[float] = []
     for _ in range(rounds):
         hf_rates.append(hf())
         engine_rates.append(ours(latencies))
         small_rates.append(hf(small=True))
+        if worker_step is not None:
+            worker_rates.append(worker_rate())
+            print(f"worker's step {worker_rates[-1]:.1f} tok/s", file=sys.stderr)
         print(
             f"hf {hf_rates[-1]:.1f} tok/s   engine {engine_rates[-1]:.1f} tok/s   hf+small_batch {small_rates[-1]:.1f}",
             file=sys.stderr,
@@ -171,6 +205,9 @@ def main() -> None:
         "latency_ms_p50": round(1000 * latencies[len(latencies) // 2], 2),
         "latency_ms_p95": round(1000 * latencies[int(len(latencies) * 0.95)], 2),
     }
+    if worker_rates:
+        result["worker_step_tok_s"] = round(statistics.median(worker_rates), 2)
+        result["worker_step_speedup"] = round(statistics.median(w / h for w, h in zip(worker_rates, hf_rates, strict=True)), 3)
     print(json.dumps(result))
 
 

@@ -1,64 +1,89 @@
-"""Where a decode step's matrix products go on this CPU: the embedded model's linear shapes with one and two rows,
-as ``F.linear`` computes them (what the model does) and as ``W @ X^T`` (the weight streamed as the left operand).
-The last line is JSON.
+"""Where a decode step's matrix time goes on this CPU: every linear layer of the embedded model once per step (211
+distinct float32 matrices, 540 MB: none stays in cache, as in a real step), for 1 to 16 rows, computed as
+``F.linear`` (``x @ W^T``, what the model runs), as ``W @ x^T`` and as :func:`backend.small_batch.linear` (what the
+decode engine runs). The last line is JSON.
 
     python bench/linear.py
 
-Why it exists: the engine's single-row step and a compare pair's two-row step both spend their matrix time here, and
-the two formulations differ by up to 3x on some shapes (e.g. the 49152 x 576 output head).
+Why it exists: on this machine ``F.linear`` takes a slow path for one row (~12 GB/s) and a slower one for two to
+eight, while ``W @ x^T`` with two or more columns streams the weights at ~33 GB/s; the engine's single-row step and
+a compare pair's two-row step both spend most of their time here. (An earlier version timed one matrix at a time,
+which stays in cache and hid all of this.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 
-# SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536, the tied output head 49152x576
-SHAPES = {"q_o": (576, 576), "k_v": (192, 576), "gate_up": (1536, 576), "down": (576, 1536), "head": (49152, 576)}
+from backend import small_batch
+
+# SmolLM2-135M per layer: q, k, v, o, gate, up, down; then the tied 49152 x 576 output head
+LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+SHAPES = LAYER * 30 + [(49152, 576)]
 
 
-def timed(fn: Callable[[], torch.Tensor], reps: int) -> float:
-    for _ in range(max(5, reps // 10)):
-        fn()
+def per_step(
+    weights: list[torch.Tensor], product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: int, reps: int
+) -> float:
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    for _ in range(2):
+        for w in weights:
+            product(inputs[w.shape[1]], w)
     start = time.perf_counter()
     for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps * 1e6
+        for w in weights:
+            product(inputs[w.shape[1]], w)
+    return (time.perf_counter() - start) / reps * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    results: dict[str, dict[str, float]] = {}
-    for name, (out, inp) in SHAPES.items():
-        w = torch.randn(out, inp, generator=g)
-        x1, x2 = torch.randn(1, inp, generator=g), torch.randn(2, inp, generator=g)
-        torch.testing.assert_close(torch.mm(w, x2.t()).t(), F.linear(x2, w), rtol=1e-4, atol=1e-4)
-        reps = max(20, args.reps // (20 if name == "head" else 1))
-        row = {
-            "linear_1_us": timed(lambda: F.linear(x1, w), reps),  # noqa: B023 (called before the loop moves on)
-            "linear_2_us": timed(lambda: F.linear(x2, w), reps),  # noqa: B023
-            "w_xt_2_us": timed(lambda: torch.mm(w, x2.t()), reps),  # noqa: B023
+    with torch.inference_mode():
+        weights = [torch.randn(o, i, generator=g) * 0.02 for o, i in SHAPES]
+        megabytes = sum(w.numel() * 4 for w in weights) / 1e6
+        products = {
+            "f_linear": lambda x, w: F.linear(x, w),
+            "w_xt": lambda x, w: torch.mm(w, x.t()),
+            "small_batch": small_batch.linear,
         }
-        row = {k: round(v, 1) for k, v in row.items()}
-        row["linear_2_over_1"] = round(row["linear_2_us"] / row["linear_1_us"], 2)
-        row["w_xt_2_over_linear_1"] = round(row["w_xt_2_us"] / row["linear_1_us"], 2)
-        results[name] = row
-        print(
-            f"{name:8s} {out}x{inp}: F.linear 1 row {row['linear_1_us']:.0f} us, 2 rows {row['linear_2_us']:.0f} us "
-            f"({row['linear_2_over_1']}x); W @ X^T 2 rows {row['w_xt_2_us']:.0f} us ({row['w_xt_2_over_linear_1']}x)"
+        results: dict[str, dict[str, float]] = {}
+        for rows in (1, 2, 4, 8, 16):
+            row = {name: round(per_step(weights, fn, rows, args.reps), 2) for name, fn in products.items()}
+            row["small_batch_gb_s"] = round(megabytes / row["small_batch"], 1)
+            results[str(rows)] = row
+            print(
+                f"{rows:2d} rows: F.linear {row['f_linear']:6.1f} ms   W @ x^T {row['w_xt']:6.1f} ms   "
+                f"small_batch {row['small_batch']:6.1f} ms ({row['small_batch_gb_s']} GB/s) per step",
+                file=sys.stderr,
+            )
+    one, two = results["1"], results["2"]
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "weights_mb": round(megabytes, 1),
+                "ms_per_step": results,
+                "one_row_speedup": round(one["f_linear"] / one["small_batch"], 2),
+                "two_row_speedup": round(two["f_linear"] / two["small_batch"], 2),
+            }
         )
-    print(json.dumps({"threads": torch.get_num_threads(), "shapes": results}))
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds of 3 prompts x 48 tokens")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="measure the eager decode step (no background compile)"
+    )
     args = parser.parse_args()
     threads = cpu_threads.reserve()  # as the worker does: the main thread stays out of torch's thread pool
     rounds = args.rounds or (2 if args.quick else 4)
@@ -51,7 +54,9 @@ def main() -> None:
     # started -> /health ready.
     spawned = time.perf_counter()
     # the same number of threads as the in-process engine below (the test harness's default is one)
-    worker = Worker(args.model, Path(args.space), tmp / "http.sqlite3", env={"OMP_NUM_THREADS": str(threads)})
+    worker = Worker(
+        args.model, Path(args.space), tmp / "http.sqlite3", env={"OMP_NUM_THREADS": str(threads)}, compile=args.compile
+    )
     worker.wait_ready()
     ready_s = time.perf_counter() - spawned
     # The map (UMAP refit) is built in the background after ready; throughput is measured once it is done in both
@@ -59,12 +64,18 @@ def main() -> None:
     while worker.client.get("/health").json().get("phase") != "ready":
         time.sleep(0.1)
     map_ready_s = time.perf_counter() - spawned
+    compiled_s = None
+    if args.compile:  # measured once the compiled decode steps serve (the worker serves eagerly until then)
+        while not (step := worker.client.get("/health").json().get("decode_step", "")).startswith(("compiled", "eager")):
+            time.sleep(0.5)
+        compiled_s = round(time.perf_counter() - spawned, 1)
+        print(f"worker decode step: {step} after {compiled_s} s", file=sys.stderr)
     loaded = load_model(args.model)
     space = load_space(args.space, fingerprint=loaded.info.fingerprint)
-    engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"), threads=threads)
+    engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"), threads=threads, compile=args.compile)
     engine.start()
     engine.ready.wait()
-    while engine.placement.phase != "ready":
+    while engine.placement.phase != "ready" or engine.compile_state.startswith("compiling"):
         time.sleep(0.1)
 
     def inproc() -> float:
@@ -154,6 +165,8 @@ def main() -> None:
                 "ready_s": round(ready_s, 2),
                 "map_ready_s": round(map_ready_s, 2),
                 "compare_over_single": round(statistics.median(compare_ratios), 3),
+                "decode_step": engine.compile_state,
+                "compiled_s": compiled_s,
             }
         )
     )

@@ -39,13 +39,14 @@ def launch_browser(playwright: Any) -> Any:
 class Servers:
     """`python -m app.launch` (what `make run` starts) on free ports."""
 
-    def __init__(self, model: str = "smollm2-135m", space: Path | None = None) -> None:
+    def __init__(self, model: str = "smollm2-135m", space: Path | None = None, compile: bool = False) -> None:
         self.worker_port, self.app_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.app_port}"
         self.worker_url = f"http://127.0.0.1:{self.worker_port}"
         env = dict(
             os.environ, PERSONA_SPACE_WORKER_PORT=str(self.worker_port), PERSONA_SPACE_APP_PORT=str(self.app_port),
             PERSONA_SPACE_MODEL=model, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+            PERSONA_SPACE_COMPILE="1" if compile else "0",  # a background compile would compete with the browser for 2 cores
         )  # fmt: skip
         if space is not None:
             env["PERSONA_SPACE_SPACE"] = str(space)

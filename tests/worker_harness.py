@@ -49,6 +49,7 @@ class Worker:
         token: str | None = None,
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        compile: bool = False,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -72,6 +73,8 @@ class Worker:
         environ.update(env or {})
         if token:
             environ["PERSONA_SPACE_TOKEN"] = token  # never on the command line, where `ps` shows it
+        if not compile:  # compiling the decode step in every test worker would keep two cores busy for minutes
+            cmd.append("--no-compile")
         self.proc = subprocess.Popen(
             cmd + (extra or []), cwd=ROOT, env=environ, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
         )

@@ -13,6 +13,7 @@ generator seeded alike), so each column equals what its single-row run would pro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from backend import cpu_threads
 from backend.axis import steering_vector
 from backend.cap_preset import default_cap
 from backend.chat import Message, encode_prompt
+from backend.compiled_rows import CompiledRows
 from backend.decode import Decoder
 from backend.errors import PersonaSpaceError
 from backend.generate import eos_ids
@@ -43,6 +45,11 @@ from backend.worker.imports import describe
 from backend.worker.schemas import MAX_NEW_TOKENS, Controls, ControlsPatch, WindowError, fit_controls
 
 log = logging.getLogger("persona_space.worker")
+
+# Cache sizes the worker compiles a two-row decode step for, in this order (one compile each, ~36 s on two cores with
+# inductor's disk cache warm): a turn whose prompt plus max_new_tokens fits the smallest ready one uses it. A larger
+# cache costs attention time every step (it is read whole), so the small one comes first.
+COMPILED_CAPACITIES = (512, 1024)
 
 
 class ControlError(PersonaSpaceError, ValueError):
@@ -74,8 +81,13 @@ class _Call:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None, compile: bool = False
+    ) -> None:
         self.loaded = loaded
+        self.compile = compile  # build compiled decode steps in the background (serving eagerly meanwhile)
+        self.compiled: list[CompiledRows] = []  # ready ones, smallest capacity first
+        self.compile_state = "compiling" if compile else "eager (compiling is off)"
         self.threads = int(threads or torch.get_num_threads())  # the generation thread's torch threads
         self.space = space
         self.db = db
@@ -102,7 +114,6 @@ class Engine:
         self.steer_vectors = self._steer_vectors()
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids or {0}))
-        self.step_forward: Any = None  # a compiled decode step, when one is ready
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
 
     # setup ----------------------------------------------------------------------------------------------
@@ -243,6 +254,8 @@ class Engine:
     # generation -----------------------------------------------------------------------------------------
     def _loop(self) -> None:
         cpu_threads.own(self.threads)
+        if self.compile:
+            threading.Thread(target=self._compile_steps, name="compile-steps", daemon=True).start()
         self.placement.warm_up()  # in the background: tokens stream at once, placement waits for the map if needed
         self.ready.set()
         while True:
@@ -295,6 +308,31 @@ class Engine:
                 self.running = None
                 self.cap_live.set(None)
                 self.steer_live.set(None)
+
+    def _compile_steps(self) -> None:
+        """Compile the two-row decode step for each capacity in turn; each serves from the moment it is ready."""
+        from backend.models import cache_dir
+
+        try:
+            for capacity in COMPILED_CAPACITIES:
+                if self.closed or capacity > self.max_context:
+                    break
+                self.compile_state = f"compiling (capacity {capacity})"
+                step = CompiledRows(
+                    self.loaded.model, self._row_controls, rows=2, capacity=capacity, pad_id=self.pad_id,
+                    layers_path=self.loaded.info.layers_path, cache_dir=str(cache_dir() / "inductor"),
+                ).start()  # fmt: skip
+                step.step.ready.wait()
+                if step.error is not None:
+                    self.compile_state = f"eager: compiling failed ({step.error})"
+                    return
+                with self.cond:
+                    self.compiled.append(step)
+                log.info("compiled decode step for 2 rows x %d positions ready after %.1f s", capacity, step.seconds or 0.0)
+            self.compile_state = "compiled (" + ", ".join(str(c.capacity) for c in self.compiled) + " positions)"
+        except Exception as exc:  # serve eagerly: slower, never wrong
+            log.exception("compiling the decode step failed")
+            self.compile_state = f"eager: compiling failed ({type(exc).__name__}: {exc})"
 
     def _call(self, call: _Call) -> None:
         try:
@@ -415,16 +453,26 @@ class Engine:
             rows.append(_Row(each, prompt, generator))
         if not rows:
             return
-        live = self._row_controls(len(rows))
-        self._apply(live, rows, controls)
-        decoder = Decoder(
-            self.loaded.model, live, layers_path=self.loaded.info.layers_path, pad_id=self.pad_id,
-            step_forward=self.step_forward,
-        )  # fmt: skip
         longest = max(len(r.prompt) for r in rows)
+        prompts = [r.prompt for r in rows]
+        compiled = next((c for c in self.compiled if c.fits(len(rows), longest + controls.max_new_tokens)), None)
+        attached: contextlib.AbstractContextManager[Any]
+        if compiled is not None:  # the compiled step's fixed batch: twins of the first row fill it, capped nowhere
+            live, decoder, attached = compiled.controls, compiled.decoder(), contextlib.nullcontext()
+            twins = compiled.rows - len(rows)
+            for k in range(len(rows), compiled.rows):
+                live.set_cap(k, None)
+                live.set_steer(k, 0.0)
+            new_tokens = compiled.capacity - longest
+        else:
+            live = self._row_controls(len(rows))
+            decoder = Decoder(self.loaded.model, live, layers_path=self.loaded.info.layers_path, pad_id=self.pad_id)
+            attached, twins = live.attach(self.loaded.model, self.loaded.info.layers_path), 0
+            new_tokens = min(self.max_context, longest + MAX_NEW_TOKENS) - longest
+        self._apply(live, rows, controls)
         started = time.time()
-        with live.attach(self.loaded.model, self.loaded.info.layers_path):
-            logits = decoder.start([r.prompt for r in rows], min(self.max_context, longest + MAX_NEW_TOKENS) - longest)
+        with attached:
+            logits = decoder.start(prompts + [prompts[0]] * twins, new_tokens)
             index = -1
             while any(r.status is None for r in rows):
                 index += 1
@@ -457,7 +505,7 @@ class Engine:
                     fed.append(token if r.status is None else self.pad_id)
                 if all(r.status is not None for r in rows):
                     break
-                logits = decoder.step(fed)
+                logits = decoder.step(fed + [fed[0]] * twins)
                 readouts = live.readouts()
                 for i, r in enumerate(rows):
                     if r.status is None:

@@ -175,6 +175,7 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
                 queue_length=engine.queue_length(),
                 running_turn=job.turn_id if (job := engine.running) is not None else None,
                 tokens_generated=engine.tokens_generated,
+                decode_step=engine.compile_state,
             )
         return out
 
@@ -378,7 +379,12 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
 
 
 def load_in_background(
-    state: WorkerState, model_spec: str, space_path: str, load: Callable[[], Any], threads: int | None = None
+    state: WorkerState,
+    model_spec: str,
+    space_path: str,
+    load: Callable[[], Any],
+    threads: int | None = None,
+    compile: bool = False,
 ) -> threading.Thread:
     """Load the model and space, then start the engine (its generation thread with ``threads`` torch threads);
     failures are reported through ``/health``."""
@@ -388,7 +394,7 @@ def load_in_background(
             state.status = "loading model"
             loaded, space = load()
             state.status = "warming up"
-            engine = Engine(loaded, space, state.db, threads=threads)
+            engine = Engine(loaded, space, state.db, threads=threads, compile=compile)
             state.engine = engine
             engine.start()
             engine.ready.wait()
@@ -428,6 +434,7 @@ def serve(
     device: str | None = None,
     cache: str | None = None,
     trust_remote_code: bool = False,
+    compile: bool = True,
 ) -> None:
     import uvicorn
 
@@ -453,6 +460,6 @@ def serve(
         space.check_model(loaded.info.fingerprint, loaded.info.name)
         return loaded, space
 
-    load_in_background(state, model_spec, str(space_path), load, threads)
+    load_in_background(state, model_spec, str(space_path), load, threads, compile)
     app = create_app(state, token)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -1,0 +1,83 @@
+"""The worker's compiled decode step: built in the background while the worker serves, then the same replies.
+
+A turn served by the compiled step (a two-row batch on a shadow of the model, a twin row filling a single turn's
+batch) must give the tokens and per-token readings an eager worker gives: greedy, the cap on, for a single turn and
+for a compare pair.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backend.store import load_space
+
+
+def _engine(tiny_world, path, compile):  # type: ignore[no-untyped-def]
+    from backend.models import load_model
+    from backend.worker.db import Database
+    from backend.worker.engine import Engine
+
+    model, space_path, _ = tiny_world
+    engine = Engine(load_model(model), load_space(space_path), Database(path), threads=1, compile=compile)
+    engine.start()
+    assert engine.ready.wait(60)
+    return engine
+
+
+def _turns(engine, compare: bool):  # type: ignore[no-untyped-def]
+    """Greedy replies with the cap on: (variant, tokens, projections, cap deltas) per assistant turn."""
+    from backend.worker.schemas import Controls
+
+    controls = Controls(greedy=True, cap_enabled=True, cap_percentile=50.0, max_new_tokens=12, seed=3)
+    sid = engine.db.create_session(None, controls.model_dump(mode="json"))
+    turns = engine.submit(sid, "Tell me about the sea.", compare)[1]
+    deadline = time.time() + 120
+    while engine.busy(sid) and time.time() < deadline:
+        time.sleep(0.02)
+    events = engine.db.events(sid)
+    out = []
+    for turn in turns:
+        tokens = [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
+        assert tokens, "the turn produced no tokens"
+        out.append(
+            (
+                tokens[0]["variant"],
+                [e["token_id"] for e in tokens],
+                [e["projection"] for e in tokens],
+                [e.get("cap_delta") for e in tokens],
+            )
+        )
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_compiled_turns_equal_eager_turns(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    eager = _engine(tiny_world, tmp_path / "eager.sqlite3", compile=False)
+    try:
+        expected = {compare: _turns(eager, compare) for compare in (False, True)}
+        assert eager.compile_state.startswith("eager")
+    finally:
+        eager.close()
+        eager.thread.join(30)
+    engine = _engine(tiny_world, tmp_path / "compiled.sqlite3", compile=True)
+    try:
+        served_while_compiling = _turns(engine, False)  # eager meanwhile: the worker does not wait for the compile
+        deadline = time.time() + 540
+        while not engine.compiled and time.time() < deadline and not engine.compile_state.startswith("eager"):
+            time.sleep(0.2)
+        assert engine.compiled, engine.compile_state
+        assert served_while_compiling == expected[False]
+        for compare in (False, True):
+            got = _turns(engine, compare)
+            assert engine.compiled[0].controls.before.abs().sum() > 0  # the shadow's hooks ran: the compiled path served
+            for (variant, tokens, projections, deltas), (v0, t0, p0, d0) in zip(got, expected[compare], strict=True):
+                assert (variant, tokens) == (v0, t0)
+                assert projections == pytest.approx(p0, abs=1e-4)
+                assert deltas == pytest.approx(d0, abs=1e-4)
+    finally:
+        while engine.compile_state.startswith("compiling"):  # a daemon thread inside inductor at exit aborts Python
+            time.sleep(0.2)
+        engine.close()
+        engine.thread.join(30)
