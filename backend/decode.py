@@ -10,7 +10,9 @@ The one-token step may be compiled (``torch.compile``, :class:`CompiledStep`, in
 ``forward`` as ``step_forward`` once ``ready``; the prompt's forward pass stays eager, so one graph serves every
 prompt length of a given batch size and cache capacity). Row controls must be attached with the same hook functions
 each time (:meth:`backend.rows.RowControls.attach` does) so a compiled step is not retraced; a live control change
-only overwrites tensors. The worker serves the eager static-cache path for now. An architecture whose forward pass
+only overwrites tensors. The worker's compiled step is :mod:`backend.compiled_rows` (a shadow of the model with its
+own row controls, compiled while the worker serves eagerly). On a CPU every ``nn.Linear`` is routed through
+:mod:`backend.small_batch` (few-row products as ``W @ x^T``). An architecture whose forward pass
 does not accept a static cache falls back to the model's own dynamic cache, with one log line saying why.
 
 :func:`generate_rows` is the plain loop (greedy or any chooser) used by the tests, the benchmark and batch callers.
