@@ -48,6 +48,23 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
+def use_inductor_cache(folder: str) -> None:
+    """Point inductor's on-disk cache at ``folder`` unless the user chose one (``TORCHINDUCTOR_CACHE_DIR``).
+
+    Loading a model already makes torch fill in its default (a folder under /tmp, emptied at reboot), so a variable
+    equal to that default counts as unset.
+    """
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        default: str | None = os.path.abspath(default_cache_dir())
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        default = None
+    if current is None or os.path.abspath(current) == default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+
+
 class CompiledStep:
     """A ``torch.compile``\\ d single-token forward pass, compiled in a background thread.
 
@@ -59,7 +76,7 @@ class CompiledStep:
 
     def __init__(self, model: nn.Module, warm_up: Callable[[Forward], None], cache_dir: str | None = None) -> None:
         if cache_dir is not None:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
+            use_inductor_cache(cache_dir)
         self.model = model
         self.forward: Forward = model.__call__
         self.ready = threading.Event()

@@ -7,6 +7,7 @@ for a compare pair.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -81,3 +82,20 @@ def test_compiled_turns_equal_eager_turns(tiny_world, tmp_path) -> None:  # type
             time.sleep(0.2)
         engine.close()
         engine.thread.join(30)
+
+
+def test_inductor_cache_goes_to_our_folder_unless_the_user_chose_one(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Loading a model makes torch set its /tmp default; that must not keep the cache out of the persona-space folder."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from backend.decode import use_inductor_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    use_inductor_cache(str(tmp_path / "ours"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "ours")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    use_inductor_cache(str(tmp_path / "ours2"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "ours2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "the user's"))
+    use_inductor_cache(str(tmp_path / "ours3"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "the user's")
