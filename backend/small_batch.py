@@ -45,7 +45,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, features)
     flat = torch.cat([flat, flat]) if rows == 1 else flat.contiguous()
-    out = torch.mm(weight, flat.t())[:, :rows].t()
+    # row-major like F.linear's: a transposed view (last stride = rows) sends attention down its slow math path
+    out = torch.mm(weight, flat.t())[:, :rows].t().contiguous()
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
