@@ -52,6 +52,11 @@ class Placement:
         self._warming.start()
         return self._warming
 
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the background refit (if any) has finished."""
+        if self._warming is not None:
+            self._warming.join(timeout)
+
     @property
     def phase(self) -> str:
         """``building the map`` while the UMAP warm-up runs, ``ready`` after."""
