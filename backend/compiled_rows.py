@@ -9,15 +9,14 @@ a hook or a readout buffer. Once :attr:`ready` is set the serving thread may use
 up to ``rows`` rows (pad with a twin row) whose prompt plus new tokens fit in ``capacity``; a control change
 overwrites the shadow's row tensors in place, so the graph is never retraced.
 
-Compiling takes ~36 s on this 2-core CPU with inductor's on-disk cache warm (a few minutes cold); the cache lives
-under the persona-space cache folder so a restarted worker reuses it. A failure leaves :attr:`error` set and the
-worker eager, with one log line.
+Compiling (with inductor's C++ wrapper on a CPU) takes ~10 s per cache size on this 2-core CPU with inductor's
+on-disk cache warm, one to two minutes cold; the cache lives under the persona-space cache folder so a restarted
+worker reuses it. A failure leaves :attr:`error` set and the worker eager, with one log line.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +24,6 @@ from torch import nn
 
 from backend.decode import CompiledStep, Decoder, Forward
 from backend.rows import RowControls
-
-log = logging.getLogger("persona_space.decode")
 
 
 def shadow_of(model: nn.Module) -> nn.Module:
