@@ -6,7 +6,7 @@ objects, one :class:`backend.rows.RowControls` and one batch shape. :class:`Comp
 with its own row controls attached for good and its own static KV cache of ``capacity`` positions for ``rows`` rows.
 The serving thread keeps decoding with the original model and its own hooks meanwhile: the two never share a module,
 a hook or a readout buffer. Once :attr:`ready` is set the serving thread may use :meth:`decoder` for any batch of
-up to ``rows`` rows (pad with a twin row) whose prompt plus new tokens fit in ``capacity``; a control change
+up to ``rows`` rows (pad with twins of the first row) whose prompt plus new tokens fit in ``capacity``; a control change
 overwrites the shadow's row tensors in place, so the graph is never retraced.
 
 Compiling (with inductor's C++ wrapper on a CPU) takes ~10 s per cache size on this 2-core CPU with inductor's

@@ -8,8 +8,8 @@ exactly ``--tokens`` tokens per prompt (EOS ignored). ``max_projection_error`` i
 engine's per-token monitor readings in ``--mode`` from the float32 eager engine's on the same tokens (teacher
 forced), and ``diverged`` counts prompts whose greedy tokens differ from float32's. ``hf_small_batch_tok_s`` is
 plain ``generate`` with the engine's few-row products: how much of the speedup is the product layout alone. With
-``--compile``, ``worker_step_tok_s`` is the worker's own decode step (:mod:`backend.compiled_rows`: two rows, a twin
-filling a single turn, hooks on every layer, a 512-position cache), greedy, readouts copied every step. The last
+``--compile``, ``worker_step_tok_s`` is the worker's own decode step for a single turn (:mod:`backend.compiled_rows`:
+one row, hooks on every layer, a 512-position cache), greedy, readouts copied every step. The last
 line is JSON.
 
     python bench/decode.py --quick
@@ -111,8 +111,8 @@ def main() -> None:
         engine(fast, rc, prompts[0], compiled.forward)  # the first call compiles (inductor's disk cache helps later)
         compile_s = round(time.perf_counter() - t0, 1)
         step = compiled.forward
-    # the worker's own configuration: the compiled two-row step on a shadow of the model (a twin row fills a single
-    # turn), hooks on every layer (cap and steering windows are live controls), the cap on 8 of them, a 512-position cache
+    # the worker's own configuration for a single turn: the compiled one-row step on a shadow of the model, hooks on
+    # every layer (cap and steering windows are live controls), the cap on 8 of them, a 512-position cache
     worker_step = None
     if args.compile:
         factory = lambda rows: RowControls(  # noqa: E731
@@ -121,7 +121,7 @@ def main() -> None:
             dtype=MODES[args.mode],
         )  # fmt: skip
         worker_step = CompiledRows(
-            fast, factory, rows=2, capacity=512, pad_id=pad, cache_dir=str(cache_dir() / "inductor")
+            fast, factory, rows=1, capacity=512, pad_id=pad, cache_dir=str(cache_dir() / "inductor")
         ).start()
         worker_step.step.ready.wait()
         worker_step.controls.set_cap(0, dict.fromkeys(cap_layers, 0.0))
@@ -131,10 +131,9 @@ def main() -> None:
         t0 = time.perf_counter()
         for p in prompts:
             decoder = worker_step.decoder()
-            logits = decoder.start([p, p], worker_step.capacity - len(p))
+            logits = decoder.start([p], worker_step.capacity - len(p))
             for _ in range(n):
-                token = int(logits[0].argmax())
-                logits = decoder.step([token, token])
+                logits = decoder.step([int(logits[0].argmax())])
                 worker_step.controls.readouts()
         return len(prompts) * n / (time.perf_counter() - t0)
 

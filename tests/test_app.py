@@ -426,9 +426,11 @@ def test_worker_status_line_follows_start_up_and_the_queue() -> None:
     ready = {"ready": True, "model_name": "M", "device": "cpu", "phase": "ready"}
     assert status_line({**ready, "queue_length": 0})[1].endswith("idle")
     assert status_line({**ready, "queue_length": 2})[1].endswith("busy: 2 turns running or queued")
-    compiling = status_line({**ready, "queue_length": 0, "decode_step": "compiling (capacity 512)"})
+    compiling = status_line({**ready, "queue_length": 0, "decode_step": "compiling (1 x 512)"})
     assert compiling[0] == "success" and compiling[1].endswith("idle · compiling the decode step (faster tokens soon)")
-    assert status_line({**ready, "queue_length": 0, "decode_step": "compiled (512, 1024 positions)"})[1].endswith("idle")
+    assert status_line({**ready, "queue_length": 0, "decode_step": "compiled (1 x 512, 2 x 512, 1 x 1024, 2 x 1024)"})[
+        1
+    ].endswith("idle")
 
 
 def test_exported_charts_embed_plotly_and_reach_no_network() -> None:

@@ -46,10 +46,11 @@ from backend.worker.schemas import MAX_NEW_TOKENS, Controls, ControlsPatch, Wind
 
 log = logging.getLogger("persona_space.worker")
 
-# Cache sizes the worker compiles a two-row decode step for, in this order (one compile each, ~36 s on two cores with
-# inductor's disk cache warm): a turn whose prompt plus max_new_tokens fits the smallest ready one uses it. A larger
-# cache costs attention time every step (it is read whole), so the small one comes first.
-COMPILED_CAPACITIES = (512, 1024)
+# (rows, cache positions) the worker compiles a decode step for, in this order (~10 s each on two cores with inductor's
+# disk cache warm): a single turn uses a one-row step, a compare pair a two-row one, each the smallest ready cache its
+# prompt plus max_new_tokens fits. A larger cache costs attention time every step (it is read whole), and a one-row
+# step ~2 ms less than a two-row one, so the small ones come first.
+COMPILED_SHAPES = ((1, 512), (2, 512), (1, 1024), (2, 1024))
 
 
 class ControlError(PersonaSpaceError, ValueError):
@@ -310,17 +311,19 @@ class Engine:
                 self.steer_live.set(None)
 
     def _compile_steps(self) -> None:
-        """Compile the two-row decode step for each capacity in turn; each serves from the moment it is ready."""
+        """Compile the decode step for each shape in turn; each serves from the moment it is ready."""
         from backend.models import cache_dir
 
         self.placement.wait()
         try:
-            for capacity in COMPILED_CAPACITIES:
-                if self.closed or capacity > self.max_context:
+            for rows, capacity in COMPILED_SHAPES:
+                if self.closed:
                     break
-                self.compile_state = f"compiling (capacity {capacity})"
+                if capacity > self.max_context:
+                    continue
+                self.compile_state = f"compiling ({rows} x {capacity})"
                 step = CompiledRows(
-                    self.loaded.model, self._row_controls, rows=2, capacity=capacity, pad_id=self.pad_id,
+                    self.loaded.model, self._row_controls, rows=rows, capacity=capacity, pad_id=self.pad_id,
                     layers_path=self.loaded.info.layers_path, cache_dir=str(cache_dir() / "inductor"),
                 ).start()  # fmt: skip
                 step.step.ready.wait()
@@ -329,8 +332,11 @@ class Engine:
                     return
                 with self.cond:
                     self.compiled.append(step)
-                log.info("compiled decode step for 2 rows x %d positions ready after %.1f s", capacity, step.seconds or 0.0)
-            self.compile_state = "compiled (" + ", ".join(str(c.capacity) for c in self.compiled) + " positions)"
+                log.info(
+                    "compiled decode step for %d rows x %d positions ready after %.1f s", rows, capacity, step.seconds or 0.0
+                )
+            shapes = ", ".join(f"{c.rows} x {c.capacity}" for c in self.compiled)
+            self.compile_state = f"compiled ({shapes})" if self.compiled else "eager (no compiled shape fits the model)"
         except Exception as exc:  # serve eagerly: slower, never wrong
             log.exception("compiling the decode step failed")
             self.compile_state = f"eager: compiling failed ({type(exc).__name__}: {exc})"
@@ -456,9 +462,10 @@ class Engine:
             return
         longest = max(len(r.prompt) for r in rows)
         prompts = [r.prompt for r in rows]
-        compiled = next((c for c in self.compiled if c.fits(len(rows), longest + controls.max_new_tokens)), None)
+        fitting = [c for c in self.compiled if c.fits(len(rows), longest + controls.max_new_tokens)]
+        compiled = min(fitting, key=lambda c: (c.capacity, c.rows)) if fitting else None
         attached: contextlib.AbstractContextManager[Any]
-        if compiled is not None:  # the compiled step's fixed batch: twins of the first row fill it, capped nowhere
+        if compiled is not None:  # a compiled step's fixed batch: twins of the first row fill it (if any), capped nowhere
             live, decoder, attached = compiled.controls, compiled.decoder(), contextlib.nullcontext()
             twins = compiled.rows - len(rows)
             for k in range(len(rows), compiled.rows):
