@@ -64,6 +64,7 @@ def test_compiled_turns_equal_eager_turns(tiny_world, tmp_path) -> None:  # type
         eager.thread.join(30)
     engine = _engine(tiny_world, tmp_path / "compiled.sqlite3", compile=True)
     try:
+        assert engine.compile_state.startswith("compiling") and not engine.compiled  # ready before any compiled step
         served_while_compiling = _turns(engine, False)  # eager meanwhile: the worker does not wait for the compile
         deadline = time.time() + 540
         while not engine.compile_state.startswith(("compiled", "eager")) and time.time() < deadline:
