@@ -9,8 +9,11 @@ n-th chunk, and shards written to one work folder (or copied into one) merge int
 The plan (which answers, in which chunks, with which seeds) is :mod:`backend.plan`; chunks run in this process or
 on a :class:`ChunkExecutor` (Ray actors, :mod:`backend.distributed`), and this process writes every one of them.
 
-Generation runs one token past ``max_new_tokens`` so that the last kept token is fed back through the model and
-its activation exists; the extra token is discarded.
+Generation runs on the decode engine (:mod:`backend.decode`: a static KV cache, finished rows fed padding) and
+samples with temperature + top-p from a generator seeded by the chunk's seed (:func:`backend.sampling.sample_rows`),
+so a chunk's answers do not depend on any global random state. Each kept token is fed back through the model, so
+its activation exists; one token past ``max_new_tokens`` is drawn (never fed) to tell a cut answer from one that
+ends exactly there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from backend.assemble import assemble_space, build_space, fit_umap
 from backend.catalogue import DEFAULT_ROLE, Catalogue
 from backend.chat import encode_prompt
+from backend.decode import Decoder, generate_rows
 from backend.errors import PersonaSpaceError
 from backend.generate import eos_ids
 from backend.generators import check_generator, recorded_servers, run_served_generation
@@ -37,6 +41,7 @@ from backend.interventions import Capture, intervene
 from backend.models import LoadedModel, ModelInfo
 from backend.plan import Unit, chunk_seed, chunks_of, parse_shard, plan_units, select_questions
 from backend.recipes import DEFAULT_RECIPE, check_recipe
+from backend.sampling import sample_rows
 from backend.store import sha256_file, write_space
 from backend.teacher_forcing import teacher_forced_means
 
@@ -45,7 +50,8 @@ __all__ = [  # re-exported: callers import them from here
     "select_questions", "teacher_forced_means",
 ]  # fmt: skip
 
-BUILD_VERSION = 1
+# 2: answers sampled on the decode engine (backend/decode.py, a seeded generator per chunk); 1: HF ``generate``
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,8 @@ def generate_chunk(
     prompts = [encode_prompt(tokenizer, u.system, [{"role": "user", "content": u.text}]) for u in units]
     width = max(len(p) for p in prompts)
     pad = int(tokenizer.pad_token_id)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    stop = torch.tensor(_stop_ids(loaded), device=device)
+    stop_set = set(_stop_ids(loaded))
+    stop = torch.tensor(sorted(stop_set), device=device)
     limit = settings.max_new_tokens
     fed: dict[str, torch.Tensor] = {}
 
@@ -145,37 +150,27 @@ def generate_chunk(
         return inside[None, :] & ~torch.isin(fed["ids"], stop)
 
     capture = Capture(mask=mask)
+    decoder = Decoder(model, pad_id=pad)  # a static KV cache; finished rows are fed padding
+    generator = torch.Generator().manual_seed(seed)
+
+    def choose(index: int, logits: torch.Tensor) -> list[int]:
+        return sample_rows(logits, temperature=settings.temperature, top_p=settings.top_p, generator=generator)
+
     hook = model.get_input_embeddings().register_forward_pre_hook(remember_ids)
     try:
-        torch.manual_seed(seed)
         with intervene(model, capture, layers_path=loaded.info.layers_path):
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=attention,
-                max_new_tokens=limit + 1,
-                do_sample=True,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                top_k=0,
-                pad_token_id=pad,
-                eos_token_id=sorted(stop.tolist()),  # stop on exactly the tokens the mask leaves out
-            )
+            # one token past the limit tells a cut answer from one that ends there; that token is never fed
+            rows = generate_rows(decoder, prompts, limit + 1, stop_ids=stop_set, choose=choose, feed_last=False)
     finally:
         hook.remove()
     records = []
-    stop_set = set(stop.tolist())
-    for row in out[:, width:].tolist():
-        answer: list[int] = []
-        for token in row[:limit]:
-            if token in stop_set:
-                break
-            answer.append(token)
-        truncated = len(answer) == limit and not (len(row) > limit and row[limit] in stop_set)
+    for row in rows:  # each row stops before its first stop id
+        answer = row[:limit]
         records.append(
             {
                 "tokens": answer,
                 "n_tokens": len(answer),
-                "truncated": truncated,
+                "truncated": len(row) > limit,
                 "text": tokenizer.decode(answer, skip_special_tokens=True),
             }
         )

@@ -236,11 +236,13 @@ def generate_rows(
     choose: Callable[[int, torch.Tensor], list[int]] | None = None,
     on_step: Callable[[int, list[int | None], Readouts | None], None] | None = None,
     layers_path: str | None = None,
+    feed_last: bool = True,
 ) -> list[list[int]]:
     """Decode every row until it emits a stop id or ``max_new_tokens`` tokens; greedy unless ``choose`` is given.
 
     ``choose(index, logits)`` returns one token per row. ``on_step(index, tokens, readouts)`` runs after the
     forward pass over token ``index`` (``tokens[i]`` is ``None`` for a finished row), with that pass's readouts.
+    ``feed_last=False`` skips the forward pass over the last token (nothing reads it).
     """
     controls = decoder.controls
     handle = controls.attach(decoder.model, layers_path) if controls is not None else None
@@ -263,7 +265,7 @@ def generate_rows(
                     fed.append(int(token))
                     if controls is not None:
                         controls.set_active(i, True)
-            if all(done):
+            if all(done) or (not feed_last and index == max_new_tokens - 1):
                 break
             logits = decoder.step([decoder.pad_id if t is None else t for t in fed])
             if on_step is not None:

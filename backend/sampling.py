@@ -46,12 +46,25 @@ def choose_token(
     if greedy:
         return int(torch.argmax(scores))
     probs = torch.softmax(scores.cpu() / temperature, dim=-1)
+    return int(nucleus(probs.unsqueeze(0), top_p, generator)[0])
+
+
+def sample_rows(logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator) -> list[int]:
+    """One token id per row of ``logits`` ``(rows, vocab)`` by temperature + top-p, drawn on the CPU from
+    ``generator`` (a batch's draws depend only on its logits and the generator's state)."""
+    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    return nucleus(probs, top_p, generator).tolist()
+
+
+def nucleus(probs: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Top-p sampling from probabilities ``(rows, vocab)``: the smallest prefix of each row's sorted order holding
+    ``top_p`` of the mass (the top token always), renormalised. Returns ``(rows,)`` token ids."""
     # The nucleus is a prefix of the sorted order: when the top 256 already hold top_p of the mass it lies among
     # them, and sorting the whole vocabulary (the slowest part of a step on a CPU) is not needed.
-    sorted_probs, order = torch.topk(probs, min(TOP_K_FAST, probs.numel()))
-    if sorted_probs.numel() < probs.numel() and float(sorted_probs.sum()) < top_p:
-        sorted_probs, order = torch.sort(probs, descending=True)
+    sorted_probs, order = torch.topk(probs, min(TOP_K_FAST, probs.shape[-1]), dim=-1)
+    if sorted_probs.shape[-1] < probs.shape[-1] and bool((sorted_probs.sum(-1) < top_p).any()):
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
     sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-    return int(order[choice])
+    choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
+    return order.gather(-1, choice).squeeze(-1)

@@ -1,5 +1,6 @@
-"""Builder throughput: generate + capture (what `python -m backend build` does per chunk) vs plain batched
-`generate` on the same prompts, same seed, alternating in one process. The last line is JSON.
+"""Builder throughput: generate + capture (what `python -m backend build` does per chunk: the decode engine with a
+static KV cache and the capture hooks) vs plain batched Hugging Face `generate` (no hooks, `nn.Linear`'s own
+products) on the same prompts and settings, alternating in one process. The last line is JSON.
 
     python bench/build.py --quick
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from backend import small_batch
 from backend.builder import BuildSettings, _stop_ids, chunks_of, generate_chunk, plan_units
 from backend.catalogue import load_catalogue
 from backend.chat import encode_prompt
@@ -53,7 +55,7 @@ def main() -> None:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         torch.manual_seed(seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), small_batch.plain(model):
             out = model.generate(
                 input_ids=ids, attention_mask=attention, max_new_tokens=settings.max_new_tokens, do_sample=True,
                 temperature=settings.temperature, top_p=settings.top_p, top_k=0, pad_token_id=pad,

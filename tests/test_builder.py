@@ -6,6 +6,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -105,6 +106,42 @@ def test_capture_during_generation_matches_teacher_forcing(tiny_chat, catalogue)
     assert [r["n_tokens"] for r in records] == [len(r["tokens"]) for r in records]
     reference = teacher_forced_means(tiny_chat, units, [r["tokens"] for r in records])
     torch.testing.assert_close(means, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_generation_runs_on_the_engine_with_its_own_seeded_generator(tiny_chat, catalogue) -> None:  # type: ignore[no-untyped-def]
+    """A chunk's answers depend on its seed only (not on global random state); with a vanishing top-p the sampler
+    keeps the top token alone, and each batched, left-padded answer is the model's own greedy `generate` of that
+    prompt alone (the reference path), cut at the first stop id."""
+    from backend.builder import _stop_ids
+    from backend.chat import encode_prompt
+
+    units = plan_units(catalogue, SETTINGS, "tiny")[:6]
+    torch.manual_seed(1)
+    _, first = generate_chunk(tiny_chat, units, SETTINGS, seed=7)
+    torch.manual_seed(2)
+    _, again = generate_chunk(tiny_chat, units, SETTINGS, seed=7)
+    _, other = generate_chunk(tiny_chat, units, SETTINGS, seed=8)
+    assert [r["tokens"] for r in first] == [r["tokens"] for r in again]
+    assert [r["tokens"] for r in first] != [r["tokens"] for r in other]
+
+    greedy = replace(SETTINGS, top_p=1e-9)
+    _, records = generate_chunk(tiny_chat, units, greedy, seed=7)
+    stop = set(_stop_ids(tiny_chat))
+    tok = tiny_chat.tokenizer
+    for unit, record in zip(units, records, strict=True):
+        prompt = encode_prompt(tok, unit.system, [{"role": "user", "content": unit.text}])
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = tiny_chat.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=greedy.max_new_tokens,
+                pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None,
+            )  # fmt: skip
+        expected = []
+        for token in out[0, len(prompt) :].tolist():
+            if token in stop:
+                break
+            expected.append(token)
+        assert record["tokens"] == expected
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_chat, catalogue, reference_space, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -223,7 +260,8 @@ def test_answers_that_stop_early_average_only_their_own_tokens(tiny_chat, catalo
     """Rows that end at EOS before the others: their EOS and the padding fed after it stay out of the means."""
     units = plan_units(catalogue, SETTINGS, "tiny")[:4]
     eos = int(tiny_chat.tokenizer.eos_token_id)
-    stop_at = {0: 2, 2: 4}  # row -> index of the generated token forced to EOS (answers of 2 and 4 tokens)
+    limit = SETTINGS.max_new_tokens
+    stop_at = {0: 2, 1: limit, 2: 4}  # row -> index of the generated token forced to EOS (2, limit and 4 tokens)
     calls = {"n": 0}
 
     def force_eos(module, args, output):  # type: ignore[no-untyped-def]
@@ -240,8 +278,8 @@ def test_answers_that_stop_early_average_only_their_own_tokens(tiny_chat, catalo
         means, records = generate_chunk(tiny_chat, units, SETTINGS, seed=3)
     finally:
         hook.remove()
-    assert [r["n_tokens"] for r in records] == [2, SETTINGS.max_new_tokens, 4, SETTINGS.max_new_tokens]
-    assert [r["truncated"] for r in records] == [False, True, False, True]
+    assert [r["n_tokens"] for r in records] == [2, limit, 4, limit]
+    assert [r["truncated"] for r in records] == [False, False, False, True]  # row 1 ends exactly at the limit
     assert all(eos not in r["tokens"] for r in records)
     reference = teacher_forced_means(tiny_chat, units, [r["tokens"] for r in records])
     torch.testing.assert_close(means, reference, rtol=1e-4, atol=1e-5)
@@ -307,16 +345,24 @@ def test_role_vectors_average_only_score_3_answers(tiny_chat, catalogue) -> None
 
 
 class TextJudge:
-    """A deterministic stand-in judge: the ghost and the poet are in role only on some answers (by the answer's
-    length), so recipes differ and, with a high minimum, they are weak."""
+    """A deterministic stand-in judge: the ghost is in role on its first answer only and the poet on its first
+    three (prompts then questions, the plan's order), so their in-role answers cover the questions unevenly (the
+    recipes differ) and, with a minimum of 4, they are weak. It does not read the (randomly sampled) texts."""
 
     name = "text"
+    in_role: ClassVar[dict[str, int]] = {"ghost": 1, "poet": 3}
 
     def score(self, roles, texts):  # type: ignore[no-untyped-def]
+        from collections import Counter
+
         from backend.judge import Judged
 
-        rule = {"ghost": lambda t: 3 if len(t) % 2 else 1, "poet": lambda t: 3 if len(t) % 3 else 0}
-        return [Judged(rule.get(r, lambda t: 3)(t), "by length") for r, t in zip(roles, texts, strict=True)]
+        seen: Counter[str] = Counter()
+        judged = []
+        for role in roles:
+            seen[role] += 1
+            judged.append(Judged(3 if seen[role] <= self.in_role.get(role, 10**9) else 1, "by order"))
+        return judged
 
 
 @pytest.fixture

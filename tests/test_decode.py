@@ -217,6 +217,31 @@ def test_repetition_penalty_is_hf_semantics_over_the_reply() -> None:
         repetition_penalty(logits, reply, 0.5)
 
 
+def test_batched_top_p_sampling_keeps_each_rows_nucleus() -> None:
+    """`sample_rows` (the builder's sampler) draws from each row's top-p prefix only, including rows whose nucleus
+    is wider than the fast top-256 path; one row draws exactly what the worker's `choose_token` draws."""
+    from backend.sampling import choose_token, sample_rows
+
+    vocab = 1000
+    logits = torch.full((3, vocab), -30.0)
+    logits[0, [5, 9, 700]] = torch.log(torch.tensor([0.5, 0.3, 0.2]))  # top_p 0.75 keeps 5 and 9
+    logits[1, 42] = 0.0  # one token holds everything
+    logits[2] = 0.0  # flat: the nucleus is 750 tokens, beyond the top 256
+    g = torch.Generator().manual_seed(0)
+    drawn: list[set[int]] = [set(), set(), set()]
+    for _ in range(400):
+        for row, token in enumerate(sample_rows(logits, temperature=1.0, top_p=0.75, generator=g)):
+            drawn[row].add(token)
+    assert drawn[0] == {5, 9} and drawn[1] == {42}
+    assert len(drawn[2]) > 256 and max(drawn[2]) < vocab
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    row = torch.randn(vocab, generator=torch.Generator().manual_seed(1)) * 4
+    for _ in range(50):
+        assert sample_rows(row[None], temperature=0.7, top_p=0.9, generator=a) == [
+            choose_token(row, greedy=False, temperature=0.7, top_p=0.9, generator=b)
+        ]
+
+
 def test_repetition_penalty_control_is_validated() -> None:
     from pydantic import ValidationError
 
