@@ -28,6 +28,7 @@ from torch import nn
 
 MAX_ROWS = 8  # measured: above ~8-16 rows F.linear is as fast and needs no transposed copy
 _MARK = "_persona_space_small_batch"
+INT8_MARK = "_persona_space_int8"  # a layer in backend.int8_linear's mode keeps its own product
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,10 +58,12 @@ def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def install(model: nn.Module) -> int:
-    """Route every ``nn.Linear`` of ``model`` through :func:`linear`; returns how many (0 when already installed)."""
+    """Route every ``nn.Linear`` of ``model`` through :func:`linear`; returns how many (0 when already installed).
+
+    Layers in :mod:`backend.int8_linear`'s mode are left alone."""
     count = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear) and not getattr(module, _MARK, False):
+        if isinstance(module, nn.Linear) and not getattr(module, _MARK, False) and not getattr(module, INT8_MARK, False):
             module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]
             setattr(module, _MARK, True)
             count += 1

@@ -6,14 +6,20 @@ compiled step when ``--compile``) with the monitor at the target
 layer and a cap on 8 layers (a random unit direction, floor 0: about half the tokens move). Every run makes
 exactly ``--tokens`` tokens per prompt (EOS ignored). ``max_projection_error`` is the largest difference of the
 engine's per-token monitor readings in ``--mode`` from the float32 eager engine's on the same tokens (teacher
-forced), and ``diverged`` counts prompts whose greedy tokens differ from float32's. ``hf_small_batch_tok_s`` is
+forced), and ``diverged_prompts`` counts prompts whose greedy tokens differ from float32's. ``hf_small_batch_tok_s`` is
 plain ``generate`` with the engine's few-row products: how much of the speedup is the product layout alone. With
 ``--compile``, ``worker_step_tok_s`` is the worker's own decode step for a single turn (:mod:`backend.compiled_rows`:
-one row, hooks on every layer, a 512-position cache), greedy, readouts copied every step. The last
-line is JSON.
+one row, hooks on every layer, a 512-position cache), greedy, readouts copied every step.
+
+``--mode``: ``float32`` (the default), ``bfloat16`` (the whole model; the HF baseline then runs in bfloat16 too) or
+``int8`` (:mod:`backend.int8_linear`: int8 weights, bfloat16 activations into the products, everything else
+float32; the HF baseline is the float32 model). ``diverged_at`` gives, per prompt, the first generated token that
+differs from float32's greedy reply (null: none). ``projection_tolerance`` is the error a mode may have to be the
+default: 1% of the standard deviation of float32's per-token monitor readings on these prompts. The last line is
+JSON.
 
     python bench/decode.py --quick
-    python bench/decode.py --quick --mode bfloat16 --compile
+    python bench/decode.py --quick --mode int8 --compile
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from backend import small_batch
+from backend import int8_linear, small_batch
 from backend.chat import encode_prompt
 from backend.compiled_rows import CompiledRows
 from backend.decode import CompiledStep, Decoder
@@ -43,7 +49,8 @@ PROMPTS = [
     "What should I cook tonight with rice and beans?",
     "Tell me about yourself.",
 ]
-MODES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}  # the model's dtype per mode
+TOLERANCE = 0.01  # of the float32 readings' standard deviation
 
 
 def main() -> None:
@@ -101,6 +108,8 @@ def main() -> None:
     # the float32 eager reference, then the mode under test
     ref = [engine(model, controls(torch.float32), p, pooled=False) for p in prompts]
     fast = model.to(MODES[args.mode])  # in place: the float32 reference ran first
+    if args.mode == "int8":
+        int8_linear.install(fast)
     rc = controls(MODES[args.mode])
     step = None
     compile_s = None
@@ -137,19 +146,27 @@ def main() -> None:
                 worker_step.controls.readouts()
         return len(prompts) * n / (time.perf_counter() - t0)
 
-    errors, diverged = [], 0
+    errors: list[float] = []
+    diverged_at: list[int | None] = []
     for p, (tokens, readings, _) in zip(prompts, ref, strict=True):
         _, forced, _ = engine(fast, rc, p, step, force=tokens)
         errors.append(max(abs(a - b) for a, b in zip(forced, readings, strict=True)))
         own, _, _ = engine(fast, rc, p, step)
-        diverged += own != tokens
+        diverged_at.append(next((i for i, (a, b) in enumerate(zip(own, tokens, strict=True)) if a != b), None))
+    spread = statistics.pstdev(r for _, readings, _ in ref for r in readings)
 
     def hf(small: bool = False) -> float:
         """Plain ``generate`` with ``nn.Linear``'s own products (or, ``small``, with :mod:`backend.small_batch`'s)."""
         t0 = time.perf_counter()
         for p in prompts:
             ids = torch.tensor([p])
-            with torch.inference_mode(), contextlib.nullcontext() if small else small_batch.plain(fast):
+            with (
+                torch.inference_mode(),
+                int8_linear.off(fast),  # no-op unless --mode int8: the baseline is the float32 model
+                contextlib.nullcontext() if small else small_batch.plain(fast),
+            ):
+                if small:
+                    small_batch.install(fast)  # what load_model installs (int8 mode had removed it)
                 fast.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
@@ -200,7 +217,11 @@ def main() -> None:
         "hf_small_batch_tok_s": round(statistics.median(small_rates), 2),
         "speedup": round(statistics.median(e / h for e, h in zip(engine_rates, hf_rates, strict=True)), 3),
         "max_projection_error": round(max(errors), 6),
-        "diverged_prompts": diverged,
+        "projection_tolerance": round(TOLERANCE * spread, 6),
+        "within_tolerance": max(errors) <= TOLERANCE * spread,
+        "diverged_prompts": sum(d is not None for d in diverged_at),
+        "diverged_at": diverged_at,
+        "hf_mode": "bfloat16" if args.mode == "bfloat16" else "float32",
         "latency_ms_p50": round(1000 * latencies[len(latencies) // 2], 2),
         "latency_ms_p95": round(1000 * latencies[int(len(latencies) * 0.95)], 2),
     }
