@@ -3,7 +3,8 @@
 The app starts at once (the persona-space pages read the space from disk); the worker loads the model in the
 background and the chat pages say so until it is ready. Ports and paths come from the environment:
 PERSONA_SPACE_MODEL, PERSONA_SPACE_SPACE, PERSONA_SPACE_WORKER_PORT (8765), PERSONA_SPACE_APP_PORT (8501),
-PERSONA_SPACE_COMPILE (1: the worker compiles its decode step in the background; 0: it stays eager).
+PERSONA_SPACE_COMPILE (1: the worker compiles its decode step in the background; 0: it stays eager),
+PERSONA_SPACE_PRECISION (default, or int8: int8 weights on a CPU; read by the worker itself).
 """
 
 from __future__ import annotations

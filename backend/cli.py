@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,6 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(
         args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=token,
         device=args.device, cache=args.cache, trust_remote_code=args.trust_remote_code, compile=args.compile,
+        precision=args.precision,
     )  # fmt: skip
     return 0
 
@@ -432,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="compile",
         action="store_false",
         help="do not compile the decode step in the background (it serves eagerly until compiled; ~1.5x faster after)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["default", "int8"],
+        default=os.environ.get("PERSONA_SPACE_PRECISION", "default"),
+        help="int8: int8 weights on a CPU (a 1.36x faster decode step; projections within ~0.5 of float32's, greedy "
+        "replies part from float32's after 10-40 tokens: README, Precision); default: the model's own dtype",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -20,6 +20,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from backend.decode import CompiledStep, Decoder, Forward
@@ -27,9 +28,11 @@ from backend.rows import RowControls
 
 
 def shadow_of(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s modules sharing its parameters and buffers; forward hooks are not copied."""
+    """A copy of ``model``'s modules sharing its parameters, buffers and any other tensor a module holds (e.g.
+    :mod:`backend.int8_linear`'s int8 weights); forward hooks are not copied."""
     memo: dict[int, Any] = {id(t): t for t in model.parameters()}
     memo.update({id(t): t for t in model.buffers()})
+    memo.update({id(v): v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)})
     shadow = copy.deepcopy(model, memo)
     for module in shadow.modules():
         module._forward_hooks.clear()

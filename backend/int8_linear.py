@@ -34,6 +34,8 @@ from backend import small_batch
 from backend.errors import PersonaSpaceError
 
 log = logging.getLogger("persona_space.int8")
+# the worker's --precision: "default" is the model's own dtype (float32 on a CPU, bfloat16 on CUDA)
+PRECISIONS = ("default", "int8")
 _MARK = small_batch.INT8_MARK
 
 

@@ -7,6 +7,7 @@ Both paths run the worker's own engine on the embedded default and its shipped s
 (p75, the space's cap window) and the monitor at the target layer; runs alternate. The last line is JSON.
 
     python bench/worker.py --quick
+    python bench/worker.py --quick --precision int8   # both sides with int8 weights (serve --precision int8)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from backend import cpu_threads
+from backend import cpu_threads, int8_linear
 from backend.models import load_model
 from backend.store import load_space
 from backend.worker.db import Database
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", dest="compile", action="store_false", help="measure the eager decode step (no background compile)"
     )
+    parser.add_argument("--precision", choices=list(int8_linear.PRECISIONS), default="default")
     args = parser.parse_args()
     threads = cpu_threads.reserve()  # as the worker does: the main thread stays out of torch's thread pool
     rounds = args.rounds or (2 if args.quick else 4)
@@ -55,8 +57,9 @@ def main() -> None:
     spawned = time.perf_counter()
     # the same number of threads as the in-process engine below (the test harness's default is one)
     worker = Worker(
-        args.model, Path(args.space), tmp / "http.sqlite3", env={"OMP_NUM_THREADS": str(threads)}, compile=args.compile
-    )
+        args.model, Path(args.space), tmp / "http.sqlite3", env={"OMP_NUM_THREADS": str(threads)}, compile=args.compile,
+        extra=["--precision", args.precision],
+    )  # fmt: skip
     worker.wait_ready()
     ready_s = time.perf_counter() - spawned
     # The map (UMAP refit) is built in the background after ready; throughput is measured once it is done in both
@@ -72,6 +75,8 @@ def main() -> None:
         print(f"worker decode step: {step} after {compiled_s} s", file=sys.stderr)
     loaded = load_model(args.model)
     space = load_space(args.space, fingerprint=loaded.info.fingerprint)
+    if args.precision == "int8":
+        int8_linear.install(loaded.model)
     engine = Engine(loaded, space, Database(tmp / "inproc.sqlite3"), threads=threads, compile=args.compile)
     engine.start()
     engine.ready.wait()
@@ -154,6 +159,7 @@ def main() -> None:
             {
                 "model": loaded.info.name,
                 "device": loaded.info.device,
+                "precision": args.precision,
                 "tokens_per_turn": tokens,
                 "rounds": rounds,
                 "inproc_tok_s": round(statistics.median(inproc_rates), 2),

@@ -112,3 +112,19 @@ def test_decoding_in_int8_stays_close_to_float32() -> None:
     spread = torch.tensor(exact).abs().max()
     errors = (torch.tensor(quantized) - torch.tensor(exact)).abs()
     assert 0 < float(errors.max()) < 0.05 * float(spread)
+
+
+def test_a_compiled_steps_shadow_shares_the_int8_weights() -> None:
+    """The worker compiles on a shadow of the model (backend.compiled_rows): it must reuse the int8 copies, not
+    duplicate them, and compute what the model computes."""
+    from backend.compiled_rows import shadow_of
+
+    model = tiny_model("llama")
+    int8_linear.install(model)
+    shadow = shadow_of(model)
+    pairs = [(a, b) for a, b in zip(model.modules(), shadow.modules(), strict=True) if isinstance(a, torch.nn.Linear)]
+    assert pairs and all(a._int8_weight is b._int8_weight and a._int8_scales is b._int8_scales for a, b in pairs)
+    assert all(b.forward.__self__ is b for _, b in pairs)  # bound to the shadow's own layer
+    ids = random_ids(1, 5, seed=2)
+    with torch.inference_mode():
+        assert torch.equal(shadow(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -468,3 +468,33 @@ def test_projection_values_match_an_independent_oracle(worker, tiny_world) -> No
     end = next(e["data"] for e in events if e["type"] == "turn_end" and e["turn"] == turn)
     assert end["n_tokens"] == len(tokens) > 0 and all(t["monitor_layer"] == space.target_layer for t in tokens)
     assert end["mean_projection"] == pytest.approx(sum(t["projection"] for t in tokens) / len(tokens), abs=1e-4)
+
+
+def test_an_int8_worker_serves_and_projects_close_to_float32(worker, tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`serve --precision int8`: /health says so, turns stream, and a transcript's projections stay close to the
+    float32 worker's (the embedded model's figures are bench/decode.py's); an unknown precision is one clear line."""
+    model, space, _ = tiny_world
+    assert worker.client.get("/health").json()["precision"] == "float32"
+    w = Worker(model, space, tmp_path / "int8.sqlite3", extra=["--precision", "int8"])
+    try:
+        assert w.wait_ready()["precision"] == "int8"
+        body = {"model": "x", "turns": 9, "conversation": JOKE}
+        quantized = w.client.post("/project", json=body).json()["turns"]
+        exact = worker.client.post("/project", json=body).json()["turns"]
+        for q, e in zip(quantized, exact, strict=True):
+            assert q["n_tokens"] == e["n_tokens"] and q["projection"] != e["projection"]
+            assert q["projection"] == pytest.approx(
+                e["projection"], rel=0.05, abs=0.05 * max(abs(t["projection"]) for t in exact)
+            )
+        sid = w.session(controls={"max_new_tokens": 8})
+        turn = w.say(sid, "Hello.")["assistant_turns"][0]
+        w.wait_idle(sid)
+        assert w.client.get(f"/sessions/{sid}").json()["turns"][-1]["status"] == "done"
+        assert len(tokens_of(w.events(sid), turn)) > 0
+    finally:
+        w.close()
+    refused = subprocess.run(
+        [sys.executable, "-m", "backend", "serve", "--model", model, "--space", str(space), "--precision", "int4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr

@@ -35,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend import cpu_threads
+from backend import cpu_threads, int8_linear
 from backend.errors import PersonaSpaceError
 from backend.worker.db import Database
 from backend.worker.engine import Conflict, ControlError, Engine
@@ -177,6 +177,7 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
                 running_turn=job.turn_id if (job := engine.running) is not None else None,
                 tokens_generated=engine.tokens_generated,
                 decode_step=engine.compile_state,
+                precision="int8" if int8_linear.installed(engine.loaded.model) else engine.loaded.info.dtype,
             )
         return out
 
@@ -436,12 +437,15 @@ def serve(
     cache: str | None = None,
     trust_remote_code: bool = False,
     compile: bool = True,
+    precision: str = "default",
 ) -> None:
     import uvicorn
 
     from backend.models import cache_dir, load_model, resolve
     from backend.store import load_space
 
+    if precision not in int8_linear.PRECISIONS:
+        raise PersonaSpaceError(f"unknown precision {precision!r}; choose one of {', '.join(int8_linear.PRECISIONS)}")
     threads = cpu_threads.reserve()  # before any torch work: the main thread never builds an OpenMP team
     token = token or os.environ.get("PERSONA_SPACE_TOKEN") or None
     if not is_loopback(host) and not token:
@@ -458,7 +462,9 @@ def serve(
 
     def load() -> tuple[Any, Any]:
         loaded = load_model(model_spec, cache=cache, device=device, trust_remote_code=trust_remote_code)
-        space.check_model(loaded.info.fingerprint, loaded.info.name)
+        space.check_model(loaded.info.fingerprint, loaded.info.name)  # on the float32 weights, before any int8 copy
+        if precision == "int8":
+            int8_linear.install(loaded.model)
         return loaded, space
 
     load_in_background(state, model_spec, str(space_path), load, threads, compile)
