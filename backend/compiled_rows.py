@@ -53,13 +53,14 @@ class CompiledRows:
         pad_id: int,
         layers_path: str | None = None,
         cache_dir: str | None = None,
+        mode: str | None = None,
     ) -> None:
         self.rows, self.capacity, self.pad_id = rows, capacity, pad_id
         self.shadow = shadow_of(model)
         self.controls = controls(rows)
         self.controls.attach(self.shadow, layers_path)  # for good: the compiled graph is traced through these hooks
         self.cache_pool: dict[tuple[int, int], Any] = {}
-        self.step = CompiledStep(self.shadow, self._warm_up, cache_dir=cache_dir)
+        self.step = CompiledStep(self.shadow, self._warm_up, cache_dir=cache_dir, mode=mode)
 
     @property
     def ready(self) -> bool:

@@ -74,10 +74,17 @@ class CompiledStep:
     eager forward in place and logs one line.
     """
 
-    def __init__(self, model: nn.Module, warm_up: Callable[[Forward], None], cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        warm_up: Callable[[Forward], None],
+        cache_dir: str | None = None,
+        mode: str | None = None,
+    ) -> None:
         if cache_dir is not None:
             use_inductor_cache(cache_dir)
         self.model = model
+        self.mode = mode  # a torch.compile mode, e.g. "reduce-overhead" (CUDA graphs; bench/decode.py --cuda-graphs)
         self.forward: Forward = model.__call__
         self.ready = threading.Event()
         self.error: str | None = None
@@ -94,7 +101,10 @@ class CompiledStep:
         try:
             on_cpu = next(self.model.parameters()).device.type == "cpu"
             # a C++ wrapper around the kernels: the Python one costs ~2 ms of a ~29 ms two-row step on this CPU
-            compiled = torch.compile(self.model, dynamic=False, fullgraph=False, options={"cpp_wrapper": on_cpu})
+            if self.mode is not None:
+                compiled = torch.compile(self.model, mode=self.mode, dynamic=False, fullgraph=False)
+            else:
+                compiled = torch.compile(self.model, dynamic=False, fullgraph=False, options={"cpp_wrapper": on_cpu})
             with torch.inference_mode():
                 self._warm_up(compiled)
             self.forward = compiled

@@ -18,6 +18,13 @@ differs from float32's greedy reply (null: none). ``projection_tolerance`` is th
 default: 1% of the standard deviation of float32's per-token monitor readings on these prompts. The last line is
 JSON.
 
+``--random-config NAME`` (``llama3-8b``, ``qwen2.5-7b``, ``tiny-llama``; the shapes of ``bench/hooks.py``) runs a
+randomly initialised model of that shape instead, on CUDA when present, with random prompts: nothing downloads. The
+float32 reference runs first, then the model is cast to ``--mode``. ``--cuda-graphs`` compiles with
+``mode="reduce-overhead"`` (CUDA graphs; the row controls' tensors are marked as static addresses). On one GPU:
+
+    python bench/decode.py --quick --random-config llama3-8b --mode bfloat16 --compile --cuda-graphs
+
     python bench/decode.py --quick
     python bench/decode.py --quick --mode int8 --compile
 """
@@ -42,6 +49,7 @@ from backend.compiled_rows import CompiledRows
 from backend.decode import CompiledStep, Decoder
 from backend.models import cache_dir, load_model
 from backend.rows import RowControls
+from bench.hooks import RANDOM_CONFIGS, random_model
 
 PROMPTS = [
     "Explain how a bicycle gear works.",
@@ -61,26 +69,48 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--mode", choices=sorted(MODES), default="float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (waits for it first)")
+    parser.add_argument("--random-config", choices=sorted(RANDOM_CONFIGS), default=None, help="random weights of this shape")
+    parser.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: mode='reduce-overhead'")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     n = args.tokens or (48 if args.quick else 128)
 
     torch.manual_seed(0)
-    loaded = load_model(args.model)
-    model, tok, info = loaded.model, loaded.tokenizer, loaded.info
-    prompts = [encode_prompt(tok, None, [{"role": "user", "content": p}]) for p in PROMPTS]
+    if args.random_config:
+        model, info = random_model(args.random_config, dtype=torch.float32)  # the float32 reference first
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(10, model.config.vocab_size, (24,), generator=g).tolist() for _ in PROMPTS]
+        pad = 0
+    else:
+        loaded = load_model(args.model)
+        model, tok, info = loaded.model, loaded.tokenizer, loaded.info
+        prompts = [encode_prompt(tok, None, [{"role": "user", "content": p}]) for p in PROMPTS]
+        pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+    device = next(model.parameters()).device
     axis = torch.randn(info.n_layers, info.hidden)
     start = max(0, min(info.cap_window[0], info.n_layers - 8))
     cap_layers = list(range(start, start + 8))
-    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+    compile_mode = "reduce-overhead" if args.cuda_graphs and device.type == "cuda" else None
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def static(rc: RowControls) -> RowControls:
+        """Under CUDA graphs the row tensors must keep their addresses (they are overwritten in place)."""
+        if compile_mode is not None:
+            for value in vars(rc).values():
+                if isinstance(value, torch.Tensor) and value.is_cuda:
+                    torch._dynamo.mark_static_address(value)
+        return rc
 
     def controls(dtype: torch.dtype) -> RowControls:
         rc = RowControls(
             1, info.n_layers, info.hidden, cap_directions=axis, monitor=(info.target_layer, axis[info.target_layer]),
-            layers=cap_layers, dtype=dtype,
+            layers=cap_layers, dtype=dtype, device=device,
         )  # fmt: skip
         rc.set_cap(0, dict.fromkeys(cap_layers, 0.0))
-        return rc
+        return static(rc)
 
     pool: dict = {}  # one static cache reused by every run: a compiled step is traced once
 
@@ -114,7 +144,7 @@ def main() -> None:
     step = None
     compile_s = None
     if args.compile:
-        compiled = CompiledStep(fast, lambda forward: None, cache_dir=str(cache_dir() / "inductor"))
+        compiled = CompiledStep(fast, lambda forward: None, cache_dir=str(cache_dir() / "inductor"), mode=compile_mode)
         compiled.start().ready.wait()
         t0 = time.perf_counter()
         engine(fast, rc, prompts[0], compiled.forward)  # the first call compiles (inductor's disk cache helps later)
@@ -124,13 +154,15 @@ def main() -> None:
     # every layer (cap and steering windows are live controls), the cap on 8 of them, a 512-position cache
     worker_step = None
     if args.compile:
-        factory = lambda rows: RowControls(  # noqa: E731
-            rows, info.n_layers, info.hidden, cap_directions=axis, steer_vectors=axis * 0.0,
-            monitor=(info.target_layer, axis[info.target_layer]), capture_layer=info.target_layer,
-            dtype=MODES[args.mode],
+        factory = lambda rows: static(  # noqa: E731
+            RowControls(
+                rows, info.n_layers, info.hidden, cap_directions=axis, steer_vectors=axis * 0.0,
+                monitor=(info.target_layer, axis[info.target_layer]), capture_layer=info.target_layer,
+                dtype=MODES[args.mode], device=device,
+            )
         )  # fmt: skip
         worker_step = CompiledRows(
-            fast, factory, rows=1, capacity=512, pad_id=pad, cache_dir=str(cache_dir() / "inductor")
+            fast, factory, rows=1, capacity=512, pad_id=pad, cache_dir=str(cache_dir() / "inductor"), mode=compile_mode
         ).start()
         worker_step.step.ready.wait()
         worker_step.controls.set_cap(0, dict.fromkeys(cap_layers, 0.0))
@@ -144,6 +176,7 @@ def main() -> None:
             for _ in range(n):
                 logits = decoder.step([int(logits[0].argmax())])
                 worker_step.controls.readouts()
+        sync()
         return len(prompts) * n / (time.perf_counter() - t0)
 
     errors: list[float] = []
@@ -159,7 +192,7 @@ def main() -> None:
         """Plain ``generate`` with ``nn.Linear``'s own products (or, ``small``, with :mod:`backend.small_batch`'s)."""
         t0 = time.perf_counter()
         for p in prompts:
-            ids = torch.tensor([p])
+            ids = torch.tensor([p], device=device)
             with (
                 torch.inference_mode(),
                 int8_linear.off(fast),  # no-op unless --mode int8: the baseline is the float32 model
@@ -175,12 +208,14 @@ def main() -> None:
                     do_sample=False,
                     pad_token_id=pad,
                 )
+        sync()
         return len(prompts) * n / (time.perf_counter() - t0)
 
     def ours(latencies: list[float]) -> float:
         t0 = time.perf_counter()
         for p in prompts:
             latencies += engine(fast, rc, p, step)[2]
+        sync()
         return len(prompts) * n / (time.perf_counter() - t0)
 
     hf(), ours([])  # warm up
@@ -203,6 +238,7 @@ def main() -> None:
     latencies.sort()
     result = {
         "model": info.name,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "mode": args.mode,
         "compiled": args.compile,
         "compile_s": compile_s,

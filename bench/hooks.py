@@ -58,13 +58,14 @@ RANDOM_CONFIGS: dict[str, dict] = {
 }
 
 
-def random_model(name: str):  # type: ignore[no-untyped-def]
+def random_model(name: str, dtype: torch.dtype | None = None):  # type: ignore[no-untyped-def]
+    """A randomly initialised model of a known shape, on CUDA when present (bf16 there unless ``dtype``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = dict(RANDOM_CONFIGS[name])
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
