@@ -79,7 +79,7 @@ def status_line(health: dict[str, Any] | str) -> tuple[str, str]:
     if step.startswith("compiling"):  # tokens already stream, eagerly; they speed up once the step is compiled
         phase += " · compiling the decode step (faster tokens soon)"
     if health.get("precision") == "int8":
-        phase += " · int8 weights (faster; projections within ~0.5 of float32)"
+        phase += " · int8 weights (a faster decode step; projections approximate float32's)"
     return "success", f"Worker ready: {health.get('model_name', health.get('model'))} on {health.get('device')} · {busy}{phase}"
 
 

@@ -189,6 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     token = read_token(args.token, args.token_file)
+    if args.precision not in ("default", "int8"):  # only an environment value can get here: argparse checks the flag
+        raise PersonaSpaceError(f"PERSONA_SPACE_PRECISION must be default or int8, got {args.precision!r}")
     serve(
         args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=token,
         device=args.device, cache=args.cache, trust_remote_code=args.trust_remote_code, compile=args.compile,
@@ -438,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         choices=["default", "int8"],
-        default=os.environ.get("PERSONA_SPACE_PRECISION", "default"),
+        default=os.environ.get("PERSONA_SPACE_PRECISION") or "default",
         help="int8: int8 weights on a CPU (a 1.36x faster decode step; projections within ~0.5 of float32's, greedy "
         "replies part from float32's after 10-40 tokens: README, Precision); default: the model's own dtype",
     )

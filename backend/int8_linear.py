@@ -77,7 +77,8 @@ def install(model: nn.Module) -> int:
             if not checked[k]:
                 continue
             small_batch.remove(module)
-            module._int8_weight, module._int8_scales = quantize(module.weight)
+            if not hasattr(module, "_int8_weight"):  # kept while suspended by off()
+                module._int8_weight, module._int8_scales = quantize(module.weight)
             module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]
             setattr(module, _MARK, True)
             count += 1
@@ -96,13 +97,14 @@ def supported(in_features: int) -> bool:
     return bool(torch.allclose(linear(x, q, scales), expected, rtol=3e-2, atol=3e-2 * float(expected.abs().max())))
 
 
-def remove(model: nn.Module) -> None:
-    """Back to the float32 weights (the int8 copies are dropped)."""
+def remove(model: nn.Module, keep: bool = False) -> None:
+    """Back to the float32 weights; the int8 copies are dropped unless ``keep``."""
     for module in model.modules():
         if getattr(module, _MARK, False):
             del module.forward
-            del module._int8_weight, module._int8_scales
             delattr(module, _MARK)
+        if not keep and hasattr(module, "_int8_weight"):
+            del module._int8_weight, module._int8_scales
 
 
 def installed(model: nn.Module) -> bool:
@@ -111,9 +113,10 @@ def installed(model: nn.Module) -> bool:
 
 @contextmanager
 def off(model: nn.Module) -> Iterator[None]:
-    """``model``'s linear layers as ``nn.Linear`` computes them, for the duration (int8 again after if it was)."""
+    """``model``'s linear layers as ``nn.Linear`` computes them, for the duration (int8 again after if it was, from
+    the same int8 copies: nothing is quantized again)."""
     was = installed(model)
-    remove(model)
+    remove(model, keep=True)
     try:
         yield
     finally:

@@ -51,9 +51,13 @@ def choose_token(
 
 def sample_rows(logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator) -> list[int]:
     """One token id per row of ``logits`` ``(rows, vocab)`` by temperature + top-p, drawn on the CPU from
-    ``generator`` (a batch's draws depend only on its logits and the generator's state)."""
-    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-    return nucleus(probs, top_p, generator).tolist()
+    ``generator`` (a batch's draws depend only on its logits and the generator's state). Softmax and the top 256
+    are taken where the logits are (a GPU's), so usually only ``(rows, 256)`` crosses to the CPU."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    top, order = torch.topk(probs, min(TOP_K_FAST, probs.shape[-1]), dim=-1)
+    if top.shape[-1] < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):  # a wider nucleus: the whole rows
+        return nucleus(probs.cpu(), top_p, generator).tolist()
+    return _draw(top.cpu(), order.cpu(), top_p, generator).tolist()
 
 
 def nucleus(probs: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -64,6 +68,11 @@ def nucleus(probs: torch.Tensor, top_p: float, generator: torch.Generator | None
     sorted_probs, order = torch.topk(probs, min(TOP_K_FAST, probs.shape[-1]), dim=-1)
     if sorted_probs.shape[-1] < probs.shape[-1] and bool((sorted_probs.sum(-1) < top_p).any()):
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    return _draw(sorted_probs, order, top_p, generator)
+
+
+def _draw(sorted_probs: torch.Tensor, order: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from a prefix of its probabilities sorted in descending order (``order``: their ids)."""
     keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
     sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
     choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)

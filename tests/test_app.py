@@ -429,7 +429,7 @@ def test_worker_status_line_follows_start_up_and_the_queue() -> None:
     compiling = status_line({**ready, "queue_length": 0, "decode_step": "compiling (1 x 512)"})
     assert compiling[0] == "success" and compiling[1].endswith("idle · compiling the decode step (faster tokens soon)")
     int8 = status_line({**ready, "queue_length": 0, "precision": "int8"})[1]
-    assert int8.endswith("idle · int8 weights (faster; projections within ~0.5 of float32)")
+    assert int8.endswith("idle · int8 weights (a faster decode step; projections approximate float32's)")
     assert status_line({**ready, "queue_length": 0, "decode_step": "compiled (1 x 512, 2 x 512, 1 x 1024, 2 x 1024)"})[
         1
     ].endswith("idle")

@@ -280,6 +280,7 @@ def test_answers_that_stop_early_average_only_their_own_tokens(tiny_chat, catalo
         hook.remove()
     assert [r["n_tokens"] for r in records] == [2, limit, 4, limit]
     assert [r["truncated"] for r in records] == [False, False, False, True]  # row 1 ends exactly at the limit
+    assert calls["n"] == limit + 1  # the prompt's pass and one per kept token: the token past the limit is not fed
     assert all(eos not in r["tokens"] for r in records)
     reference = teacher_forced_means(tiny_chat, units, [r["tokens"] for r in records])
     torch.testing.assert_close(means, reference, rtol=1e-4, atol=1e-5)

@@ -55,10 +55,14 @@ def test_install_remove_and_off_round_trip_and_small_batch_leaves_int8_layers_al
     assert small_batch.install(model) == 0  # a Decoder's install keeps the int8 products
     with torch.inference_mode():
         quantized = model(input_ids=ids).logits
+        copies = [m._int8_weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
         with int8_linear.off(model):
             assert not int8_linear.installed(model)
             assert torch.equal(model(input_ids=ids).logits, exact)
         assert int8_linear.installed(model)
+        # back on from the same int8 copies: nothing quantized again (off() sits inside timed baselines)
+        again = [m._int8_weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(again) == len(copies) and all(a is b for a, b in zip(copies, again, strict=True))
         assert torch.equal(model(input_ids=ids).logits, quantized)
     assert not torch.equal(quantized, exact)
     torch.testing.assert_close(quantized, exact, rtol=0.1, atol=0.1)

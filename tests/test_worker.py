@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -493,8 +494,12 @@ def test_an_int8_worker_serves_and_projects_close_to_float32(worker, tiny_world,
         assert len(tokens_of(w.events(sid), turn)) > 0
     finally:
         w.close()
-    refused = subprocess.run(
-        [sys.executable, "-m", "backend", "serve", "--model", model, "--space", str(space), "--precision", "int4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr
+    serve = [sys.executable, "-m", "backend", "serve", "--model", model, "--space", str(space)]
+    env = {k: v for k, v in os.environ.items() if k != "PERSONA_SPACE_PRECISION"}
+    for extra, environ, says in (
+        (["--precision", "int4"], env, "invalid choice: 'int4'"),
+        ([], dict(env, PERSONA_SPACE_PRECISION="INT8"), "PERSONA_SPACE_PRECISION must be default or int8, got 'INT8'"),
+        (["--precision", "int8", "--device", "cuda"], env, "--precision int8 runs on a CPU only, not on cuda"),
+    ):
+        refused = subprocess.run(serve + extra, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr

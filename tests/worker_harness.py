@@ -70,6 +70,7 @@ class Worker:
         ]
         environ = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         environ.pop("PERSONA_SPACE_TOKEN", None)
+        environ.pop("PERSONA_SPACE_PRECISION", None)  # a test asks for int8 with --precision
         environ.update(env or {})
         if token:
             environ["PERSONA_SPACE_TOKEN"] = token  # never on the command line, where `ps` shows it

@@ -446,6 +446,10 @@ def serve(
 
     if precision not in int8_linear.PRECISIONS:
         raise PersonaSpaceError(f"unknown precision {precision!r}; choose one of {', '.join(int8_linear.PRECISIONS)}")
+    if precision == "int8":
+        if device not in (None, "cpu"):
+            raise PersonaSpaceError(f"--precision int8 runs on a CPU only, not on {device}; drop one of the two")
+        device = "cpu"  # not a GPU the machine may have
     threads = cpu_threads.reserve()  # before any torch work: the main thread never builds an OpenMP team
     token = token or os.environ.get("PERSONA_SPACE_TOKEN") or None
     if not is_loopback(host) and not token:
