@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["default", "int8"],
         default=os.environ.get("PERSONA_SPACE_PRECISION") or "default",
-        help="int8: int8 weights on a CPU (a 1.36x faster decode step; projections within ~0.5 of float32's, greedy "
+        help="int8: int8 weights on a CPU (a 1.2-1.4x faster decode step; projections within ~0.5 of float32's, greedy "
         "replies part from float32's after 10-40 tokens: README, Precision); default: the model's own dtype",
     )
     p.set_defaults(func=cmd_serve)

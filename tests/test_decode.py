@@ -21,10 +21,13 @@ N_LAYERS, HIDDEN, STOP = 4, 32, 1
 MONITOR = 2
 
 
-def world(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def world(model=None, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """A random axis and steering vectors for the model's shape (the tiny models': 4 layers x 32)."""
+    n_layers = len(find_decoder_layers(model)) if model is not None else N_LAYERS
+    hidden = model.config.hidden_size if model is not None else HIDDEN
     g = torch.Generator().manual_seed(seed)
-    axis = torch.randn(N_LAYERS, HIDDEN, generator=g)
-    steer = torch.stack([steering_vector(axis[i], 2.0) for i in range(N_LAYERS)])
+    axis = torch.randn(n_layers, hidden, generator=g)
+    steer = torch.stack([steering_vector(axis[i], 2.0) for i in range(n_layers)])
     return axis, steer
 
 
@@ -33,7 +36,7 @@ def eager_reference(model, prompt, n, *, caps=None, steer=None, change=None):  #
 
     Returns the greedy tokens, the monitor reading and the per-layer cap deltas of each fed-back token.
     """
-    axis, vectors = world()
+    axis, vectors = world(model)
     cap_live: Live[Cap] = Live(None, kind=Cap)
     steer_live: Live[Steer] = Live(None, kind=Steer)
     if caps:
@@ -60,9 +63,9 @@ def eager_reference(model, prompt, n, *, caps=None, steer=None, change=None):  #
 
 
 def engine_rows(model, prompts, n, row_caps, row_steer=None, change=None, static=True):  # type: ignore[no-untyped-def]
-    axis, vectors = world()
+    axis, vectors = world(model)
     controls = RowControls(
-        len(prompts), N_LAYERS, HIDDEN, cap_directions=axis, steer_vectors=vectors, monitor=(MONITOR, axis[MONITOR])
+        len(prompts), *axis.shape, cap_directions=axis, steer_vectors=vectors, monitor=(MONITOR, axis[MONITOR])
     )
     for i, caps in enumerate(row_caps):
         controls.set_cap(i, caps)
@@ -85,15 +88,15 @@ def engine_rows(model, prompts, n, row_caps, row_steer=None, change=None, static
     return tokens, readings, deltas
 
 
-def assert_same(ref, got) -> None:  # type: ignore[no-untyped-def]
+def assert_same(ref, got, tol: float = 1e-5) -> None:  # type: ignore[no-untyped-def]
     tokens, readings, deltas = ref
     assert got[0] == tokens
-    assert got[1] == pytest.approx(readings, abs=1e-5)
+    assert got[1] == pytest.approx(readings, abs=tol)
     assert len(got[2]) == len(deltas)
     for mine, theirs in zip(got[2], deltas, strict=True):
         assert mine.keys() == theirs.keys()
         for k in mine:
-            assert mine[k] == pytest.approx(theirs[k], abs=1e-5)
+            assert mine[k] == pytest.approx(theirs[k], abs=tol)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -138,6 +141,28 @@ def test_batched_rows_each_equal_their_single_run_with_a_mid_stream_change(model
     for i in range(3):
         ref = eager_reference(model, prompts[i], 10, caps=caps[i], steer=steers[i], change=(4, change[1][i] or {}))
         assert_same(ref, tuple(x[i] for x in got))
+
+
+def test_the_embedded_default_decodes_as_the_eager_hooks_do(smollm) -> None:  # type: ignore[no-untyped-def]
+    """SmolLM2-135M, float32 greedy: one capped and steered row, then a compare pair (row 0 capped, row 1 not, of
+    different lengths) with the cap raised mid-stream, each row equal to the eager hooks' run of its prompt alone
+    (readouts to 1e-4: readings of ~10 in float32, summed in another order by the few-row products)."""
+    from backend.chat import encode_prompt
+
+    model, tok = smollm.model, smollm.tokenizer
+    long = encode_prompt(tok, None, [{"role": "user", "content": "Describe a lighthouse keeper's morning."}])
+    short = encode_prompt(tok, None, [{"role": "user", "content": "Hi!"}])
+    caps, steer = {1: 0.5, 2: 0.0, 3: 1.0}, (-1.0, [1])
+    ref = eager_reference(model, long, 12, caps=caps, steer=steer)
+    assert len(ref[0]) == 12  # no early stop: all twelve tokens are compared
+    assert_same(ref, tuple(x[0] for x in engine_rows(model, [long], 12, [caps], [steer])), tol=1e-4)
+    change = (5, [{1: 3.0, 2: 3.0, 3: 3.0}, None])
+    got = engine_rows(model, [long, short], 12, [{2: 0.0}, None], change=change)
+    for i, prompt in enumerate((long, short)):
+        start = {2: 0.0} if i == 0 else None
+        assert_same(
+            eager_reference(model, prompt, 12, caps=start, change=(5, change[1][i] or {})), tuple(x[i] for x in got), tol=1e-4
+        )
 
 
 def test_dynamic_cache_fallback_is_the_same(llama) -> None:  # type: ignore[no-untyped-def]
