@@ -1,8 +1,9 @@
 """Weight-only int8 linear layers on a CPU: the decode engine's ``int8`` precision mode (opt-in, never the default).
 
 Each ``nn.Linear`` weight gets an int8 copy with one symmetric scale per output row (``max |w| / 127``); a product
-runs torch's packed int8 kernel (``torch._weight_int8pack_mm``, the one torchao's int8 weight-only mode uses on a
-CPU) with the activations rounded to bfloat16 on the way in and the result back in the activations' dtype. Norms,
+runs torch's packed int8 kernel (``torch._weight_int8pack_mm``: with float32 activations it is 5x slower than with
+bfloat16 ones on this CPU) with the activations rounded to bfloat16 on the way in and the result back in the
+activations' dtype. Norms,
 attention, the residual stream and the hooks' readouts stay float32. A decode step reads a quarter of float32's
 bytes: on this machine the matrices of one SmolLM2-135M step take ~10 ms against ~20 ms for
 :mod:`backend.small_batch`'s float32 products.
