@@ -142,12 +142,12 @@ def generate_chunk(
     fed: dict[str, torch.Tensor] = {}
 
     def remember_ids(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        fed["ids"] = args[0]
+        fed["content"] = ~torch.isin(args[0], stop)  # once per forward pass, not once per captured layer
 
     def mask(start: int, n: int) -> torch.Tensor:
         positions = torch.arange(start, start + n, device=device)
         inside = (positions >= width) & (positions < width + limit)
-        return inside[None, :] & ~torch.isin(fed["ids"], stop)
+        return inside[None, :] & fed["content"]
 
     capture = Capture(mask=mask)
     decoder = Decoder(model, pad_id=pad)  # a static KV cache; finished rows are fed padding

@@ -189,8 +189,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     token = read_token(args.token, args.token_file)
-    if args.precision not in ("default", "int8"):  # only an environment value can get here: argparse checks the flag
-        raise PersonaSpaceError(f"PERSONA_SPACE_PRECISION must be default or int8, got {args.precision!r}")
     serve(
         args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=token,
         device=args.device, cache=args.cache, trust_remote_code=args.trust_remote_code, compile=args.compile,

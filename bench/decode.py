@@ -84,7 +84,7 @@ def main() -> None:
         prompts = [torch.randint(10, model.config.vocab_size, (24,), generator=g).tolist() for _ in PROMPTS]
         pad = 0
     else:
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, device="cpu" if args.mode == "int8" else None)  # int8 is a CPU mode
         model, tok, info = loaded.model, loaded.tokenizer, loaded.info
         prompts = [encode_prompt(tok, None, [{"role": "user", "content": p}]) for p in PROMPTS]
         pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)

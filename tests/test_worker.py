@@ -498,7 +498,7 @@ def test_an_int8_worker_serves_and_projects_close_to_float32(worker, tiny_world,
     env = {k: v for k, v in os.environ.items() if k != "PERSONA_SPACE_PRECISION"}
     for extra, environ, says in (
         (["--precision", "int4"], env, "invalid choice: 'int4'"),
-        ([], dict(env, PERSONA_SPACE_PRECISION="INT8"), "PERSONA_SPACE_PRECISION must be default or int8, got 'INT8'"),
+        ([], dict(env, PERSONA_SPACE_PRECISION="INT8"), "unknown precision 'INT8' (--precision or PERSONA_SPACE_PRECISION)"),
         (["--precision", "int8", "--device", "cuda"], env, "--precision int8 runs on a CPU only, not on cuda"),
     ):
         refused = subprocess.run(serve + extra, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120)

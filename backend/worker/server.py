@@ -445,7 +445,10 @@ def serve(
     from backend.store import load_space
 
     if precision not in int8_linear.PRECISIONS:
-        raise PersonaSpaceError(f"unknown precision {precision!r}; choose one of {', '.join(int8_linear.PRECISIONS)}")
+        raise PersonaSpaceError(  # argparse checks --precision, not its PERSONA_SPACE_PRECISION default
+            f"unknown precision {precision!r} (--precision or PERSONA_SPACE_PRECISION); "
+            f"choose one of {', '.join(int8_linear.PRECISIONS)}"
+        )
     if precision == "int8":
         if device not in (None, "cpu"):
             raise PersonaSpaceError(f"--precision int8 runs on a CPU only, not on {device}; drop one of the two")
