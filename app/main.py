@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # pages import `app` and `backend` from the repository root
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # `app` and `backend` are installed (make setup: pip install -e .)
 
 # The favicon is a file of ours, served by the app. (A ":material/...:" icon makes the favicon a request to
 # fonts.gstatic.com, and an emoji needs an emoji font the machine may lack: nothing may leave the machine.)

@@ -41,13 +41,13 @@ def space_path() -> Path:
 @st.cache_data(show_spinner=False)
 def space_summary(path: str, layer: int | None = None) -> dict[str, Any]:
     """The space, read from disk (works while the worker is down)."""
-    from backend.space_view import read_space, summary
+    from backend.view.space import read_space, summary
 
     return summary(read_space(path), layer)
 
 
 def load_space(layer: int | None = None) -> dict[str, Any] | None:
-    from backend.space_view import SpaceViewError
+    from backend.view.space import SpaceViewError
 
     try:
         return space_summary(str(space_path()), layer)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.space_view import read_space
+from backend.view.space import read_space
 from tests.browser import Servers, launch_browser
 
 SHIPPED = Path(__file__).resolve().parents[1] / "cached_activations" / "smollm2-135m"

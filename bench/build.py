@@ -22,11 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from backend import small_batch
-from backend.builder import BuildSettings, _stop_ids, chunks_of, generate_chunk, plan_units
+from backend.build.local import generate_chunk
+from backend.build.local import stop_ids as _stop_ids
+from backend.build.plan import chunks_of, plan_units
+from backend.build.settings import BuildSettings
 from backend.catalogue import load_catalogue
-from backend.chat import encode_prompt
-from backend.models import load_model
+from backend.kernels import small_batch
+from backend.models.chat import encode_prompt
+from backend.models.loading import load_model
 
 
 def main() -> None:
@@ -110,10 +113,10 @@ def served_bench(loaded, units, settings, urls: str, rounds: int, timed) -> None
     the served path adds, timed over the in-process answers (realistic lengths; a stand-in's answers are short)."""
     import os
 
-    from backend.builder import chunk_seed
-    from backend.generators import endpoint_settings, make_ask, probe, request_seed
+    from backend.build.plan import chunk_seed
+    from backend.build.served import endpoint_settings, make_ask, probe, request_seed
     from backend.openai_client import EndpointPool
-    from backend.teacher_forcing import teacher_forced_means
+    from backend.reading.teacher_forcing import teacher_forced_means
 
     pool = EndpointPool(endpoint_settings([u.strip() for u in urls.split(",") if u.strip()]))
     models = probe(pool, os.environ)

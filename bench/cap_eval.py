@@ -21,11 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.cap_eval import benign_items, grid, limit_items, load_attacks, run_eval
 from backend.catalogue import load_catalogue
-from backend.judge import EmbeddingJudge
-from backend.models import load_model
-from backend.store import load_space
+from backend.evaluation.cap_eval import run_eval
+from backend.evaluation.cap_items import benign_items, grid, limit_items, load_attacks
+from backend.judges.embedding import EmbeddingJudge
+from backend.models.loading import load_model
+from backend.store.space import load_space
 
 
 def main() -> None:

@@ -1,18 +1,18 @@
 """Decode engine vs plain Hugging Face eager ``generate``: tokens/s, per-token latency, projection error.
 
 On the embedded default, greedy, fixed prompts, runs alternate: plain ``model.generate`` without any hook vs the
-engine (:mod:`backend.decode`: static KV cache, few-row products as ``W @ x^T`` (:mod:`backend.small_batch`),
+engine (:mod:`backend.decode.engine`: static KV cache, few-row products as ``W @ x^T`` (:mod:`backend.kernels.small_batch`),
 compiled step when ``--compile``) with the monitor at the target
 layer and a cap on 8 layers (a random unit direction, floor 0: about half the tokens move). Every run makes
 exactly ``--tokens`` tokens per prompt (EOS ignored). ``max_projection_error`` is the largest difference of the
 engine's per-token monitor readings in ``--mode`` from the float32 eager engine's on the same tokens (teacher
 forced), and ``diverged_prompts`` counts prompts whose greedy tokens differ from float32's. ``hf_small_batch_tok_s`` is
 plain ``generate`` with the engine's few-row products: how much of the speedup is the product layout alone. With
-``--compile``, ``worker_step_tok_s`` is the worker's own decode step for a single turn (:mod:`backend.compiled_rows`:
+``--compile``, ``worker_step_tok_s`` is the worker's own decode step for a single turn (:mod:`backend.decode.compiled`:
 one row, hooks on every layer, a 512-position cache), greedy, readouts copied every step.
 
 ``--mode``: ``float32`` (the default), ``bfloat16`` (the whole model; the HF baseline then runs in bfloat16 too) or
-``int8`` (:mod:`backend.int8_linear`: int8 weights, bfloat16 activations into the products, everything else
+``int8`` (:mod:`backend.kernels.int8_linear`: int8 weights, bfloat16 activations into the products, everything else
 float32; the HF baseline is the float32 model). ``diverged_at`` gives, per prompt, the first generated token that
 differs from float32's greedy reply (null: none). ``projection_tolerance`` is the error a mode may have to be the
 default: 1% of the standard deviation of float32's per-token monitor readings on these prompts. The last line is
@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from backend import int8_linear, small_batch
-from backend.chat import encode_prompt
-from backend.compiled_rows import CompiledRows
-from backend.decode import CompiledStep, Decoder
-from backend.models import cache_dir, load_model
-from backend.rows import RowControls
+from backend.decode.compiled import CompiledRows
+from backend.decode.engine import CompiledStep, Decoder
+from backend.hooks.rows import RowControls
+from backend.kernels import int8_linear, small_batch
+from backend.models.chat import encode_prompt
+from backend.models.loading import cache_dir, load_model
 from bench.hooks import RANDOM_CONFIGS, random_model
 
 PROMPTS = [
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: mode='reduce-overhead'")
     args = parser.parse_args()
     if args.mode == "int8" and args.random_config and torch.cuda.is_available():
-        parser.error("--mode int8 runs on a CPU only (the packed int8 kernel of backend/int8_linear.py)")
+        parser.error("--mode int8 runs on a CPU only (the packed int8 kernel of backend/kernels/int8_linear.py)")
     rounds = args.rounds or (2 if args.quick else 5)
     n = args.tokens or (48 if args.quick else 128)
 
@@ -191,7 +191,7 @@ def main() -> None:
     spread = statistics.pstdev(r for _, readings, _ in ref for r in readings)
 
     def hf(small: bool = False) -> float:
-        """Plain ``generate`` with ``nn.Linear``'s own products (or, ``small``, with :mod:`backend.small_batch`'s)."""
+        """Plain ``generate`` with ``nn.Linear``'s own products (or, ``small``, with :mod:`backend.kernels.small_batch`'s)."""
         t0 = time.perf_counter()
         for p in prompts:
             ids = torch.tensor([p], device=device)

@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from backend.chat import encode_prompt
-from backend.interventions import Cap, Live, Monitor, intervene
-from backend.models import describe, load_model
+from backend.hooks.interventions import Cap, intervene
+from backend.hooks.readers import Monitor
+from backend.models.chat import encode_prompt
+from backend.models.loading import describe, load_model
 
 # Shapes of well-known models (public config facts), for speed runs with random weights.
 RANDOM_CONFIGS: dict[str, dict] = {
@@ -113,7 +114,7 @@ def main() -> None:
     axis = torch.randn(info.n_layers, info.hidden)
     start = max(0, min(info.cap_window[0], info.n_layers - 8))
     cap_layers = list(range(start, start + 8))
-    live = Live(Cap.from_axis(axis, cap_layers, 0.0))  # tau 0 on a random direction: about half the tokens move
+    cap = Cap.from_axis(axis, cap_layers, 0.0)  # tau 0 on a random direction: about half the tokens move
     monitor = Monitor(axis[info.target_layer], info.target_layer)
     kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
 
@@ -125,7 +126,7 @@ def main() -> None:
         for ids in encoded:
             if hooked:
                 monitor.reset()
-                with intervene(model, live, monitor) as handle, torch.inference_mode():
+                with intervene(model, cap, monitor) as handle, torch.inference_mode():
                     out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
                 handle.cap_log.reset()
             else:

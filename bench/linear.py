@@ -1,6 +1,6 @@
 """Where a decode step's matrix time goes on this CPU: every linear layer of the embedded model once per step (211
 distinct float32 matrices, 540 MB: none stays in cache, as in a real step), for 1 to 16 rows, computed as
-``F.linear`` (``x @ W^T``, what the model runs), as ``W @ x^T`` and as :func:`backend.small_batch.linear` (what the
+``F.linear`` (``x @ W^T``, what the model runs), as ``W @ x^T`` and as :func:`backend.kernels.small_batch.linear` (what the
 decode engine runs). The last line is JSON.
 
     python bench/linear.py
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
-from backend import small_batch
+from backend.kernels import small_batch
 
 # SmolLM2-135M per layer: q, k, v, o, gate, up, down; then the tied 49152 x 576 output head
 LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.builder import rebuild
+from backend.build.pipeline import rebuild
+from backend.build.recipes import RECIPES
 from backend.catalogue import load_catalogue
-from backend.recipes import RECIPES
-from backend.space_info import space_info
-from backend.store import load_space
+from backend.store.info import space_info
+from backend.store.space import load_space
 
 
 def main() -> None:

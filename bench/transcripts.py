@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from backend.chat import encode_conversation
-from backend.models import load_model
-from backend.store import load_space
-from backend.transcripts import max_context, parse_transcript, project_transcript
+from backend.models.chat import encode_conversation
+from backend.models.loading import load_model
+from backend.reading.transcripts import max_context, parse_transcript, project_transcript
+from backend.store.space import load_space
 
 
 def conversation(turns: int) -> list[dict[str, str]]:

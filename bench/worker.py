@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from backend import cpu_threads, int8_linear
-from backend.models import load_model
-from backend.store import load_space
+from backend.kernels import cpu_threads, int8_linear
+from backend.models.loading import load_model
+from backend.store.space import load_space
 from backend.worker.db import Database
 from backend.worker.engine import Engine
 from backend.worker.schemas import Controls

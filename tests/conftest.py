@@ -25,7 +25,7 @@ def llama():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def smollm():  # type: ignore[no-untyped-def]
     """The real embedded default model (converted once into the user's cache)."""
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     return load_model("smollm2-135m")
 
@@ -35,7 +35,7 @@ def smol_tokenizer():  # type: ignore[no-untyped-def]
     """The embedded model's tokenizer (chat template included), without loading its weights."""
     from transformers import AutoTokenizer
 
-    from backend.models import cache_dir, resolve
+    from backend.models.loading import cache_dir, resolve
 
     folder, _, _ = resolve("smollm2-135m", cache_dir())
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -46,7 +46,7 @@ def smol_tokenizer():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def tiny_chat(smol_tokenizer):  # type: ignore[no-untyped-def]
     """A tiny random Llama with the embedded model's tokenizer: a chat model for plumbing tests."""
-    from backend.models import LoadedModel, describe
+    from backend.models.loading import LoadedModel, describe
     from tests.tiny import tiny_model
 
     model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
@@ -61,9 +61,10 @@ WORLD_ROLES = ("pirate", "librarian", "ghost", "accountant", "poet", "chef")
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory, smol_tokenizer):  # type: ignore[no-untyped-def]
     """A tiny random Llama saved as a model folder, and a persona space built for it."""
-    from backend.builder import BuildSettings, build
+    from backend.build.pipeline import build
+    from backend.build.settings import BuildSettings
     from backend.catalogue import load_catalogue
-    from backend.models import load_model
+    from backend.models.loading import load_model
     from tests.tiny import tiny_model
 
     root = tmp_path_factory.mktemp("tiny_world")

@@ -242,7 +242,7 @@ def test_figures_hold_the_data() -> None:
 
 
 def test_space_figures_axis_first_colour_scale_tables_and_csv(tiny_world) -> None:  # type: ignore[no-untyped-def]
-    from backend.space_view import read_space, summary
+    from backend.view.space import read_space, summary
 
     view = read_space(tiny_world[1])
     s = summary(view)
@@ -281,7 +281,7 @@ def test_space_figures_axis_first_colour_scale_tables_and_csv(tiny_world) -> Non
 def test_the_app_never_imports_torch() -> None:
     code = (
         "import sys; sys.path.insert(0, '.');"
-        "import app.ui, app.charts, app.space_charts, app.client, app.conversation, app.chat_view, app.launch, backend.space_view;"
+        "import app.ui, app.charts, app.space_charts, app.client, app.conversation, app.chat_view, app.launch, backend.view.space;"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -6,19 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.axis import (
-    cap_floor,
-    components_for_variance,
-    compute_axis,
-    cosine_per_layer,
-    fit_pca,
-    percentile_thresholds,
-    project,
-    steer,
-    steering_vector,
-    unit,
-)
 from backend.errors import InterventionError
+from backend.maths.axis import compute_axis, cosine_per_layer, percentile_thresholds, project, unit
+from backend.maths.edits import cap_floor, steer, steering_vector
+from backend.maths.pca import components_for_variance, fit_pca
 
 
 def planted(seed: int = 0, n_roles: int = 60, n_default: int = 20, n_layers: int = 3, d: int = 24):  # type: ignore[no-untyped-def]
@@ -65,13 +56,34 @@ def test_pca_pc1_recovers_direction_with_sign_fixed_by_axis() -> None:
 def test_cap_floor_formula() -> None:
     u = unit(torch.tensor([3.0, 4.0]))
     h = torch.tensor([[0.0, 0.0], [3.0, 4.0], [-3.0, 1.0]])
-    capped, delta = cap_floor(h, u, 2.0)
+    capped, delta, before = cap_floor(h, u, 2.0)
     torch.testing.assert_close(capped @ u, torch.tensor([2.0, 5.0, 2.0]))
+    torch.testing.assert_close(before, torch.tensor([0.0, 5.0, float(h[2] @ u)]))
     assert torch.equal(capped[1], h[1])
     torch.testing.assert_close(delta, torch.tensor([2.0, 0.0, 2.0 - float(h[2] @ u)]))
-    same, none = cap_floor(h, u, -float("inf"))
+    same, none, _ = cap_floor(h, u, -float("inf"))
     assert same is h and float(none.sum()) == 0
     assert torch.equal(cap_floor(h, u, -1.0)[0], h)  # nothing below the floor: bit-identical
+
+
+def test_cap_floor_and_steer_take_one_value_per_row() -> None:
+    """A floor or coefficient per row equals each row capped or steered alone; -inf and 0 leave a row bit-identical."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 4, generator=g)
+    u = unit(torch.randn(4, generator=g))
+    v = torch.randn(4, generator=g)
+    taus = torch.tensor([0.5, -float("inf"), -0.2])
+    capped, delta, before = cap_floor(h, u, taus)
+    for row, tau in enumerate(taus.tolist()):
+        alone = cap_floor(h[row : row + 1], u, tau)
+        assert torch.equal(capped[row], alone[0][0]) and torch.equal(delta[row], alone[1][0])
+        torch.testing.assert_close(before[row], h[row] @ u)
+    assert torch.equal(capped[1], h[1]) and float(delta[1].sum()) == 0
+    coefficients = torch.tensor([2.0, 0.0, -1.5])
+    steered = steer(h, v, coefficients)
+    for row, c in enumerate(coefficients.tolist()):
+        assert torch.equal(steered[row], steer(h[row], v, c))
+    assert torch.equal(steered[1], h[1])
 
 
 def test_steer_and_normalised_scale() -> None:

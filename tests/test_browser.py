@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from backend.space_view import read_space
+from backend.view.space import read_space
 from tests.browser import NetworkLog, Servers, launch_browser, screenshot, trace
 from tests.worker_harness import ROOT
 

@@ -11,13 +11,21 @@ from typing import ClassVar
 import pytest
 import torch
 
-import backend.builder as builder
-from backend.builder import BuildSettings, WorkFolder, build, chunks_of, generate_chunk, plan_units, teacher_forced_means
+import backend.build.local as local
+import backend.build.pipeline as builder
+import backend.catalogue
+from backend.build.assemble import build_space
+from backend.build.local import generate_chunk
+from backend.build.pipeline import build
+from backend.build.plan import chunks_of, plan_units
+from backend.build.recipes import RECIPES
+from backend.build.settings import BuildSettings
+from backend.build.workfolder import WorkFolder
 from backend.catalogue import load_catalogue
 from backend.errors import CatalogueError, PersonaSpaceError, SpaceError, SpaceMismatchError
-from backend.recipes import RECIPES
-from backend.space_info import space_info
-from backend.store import MANIFEST, REQUIRED_TENSORS, TENSOR_FILE, load_space
+from backend.reading.teacher_forcing import teacher_forced_means
+from backend.store.info import space_info
+from backend.store.space import MANIFEST, REQUIRED_TENSORS, TENSOR_FILE, load_space
 
 ROLES = ("pirate", "librarian", "ghost", "accountant", "poet")
 SETTINGS = BuildSettings(
@@ -112,8 +120,8 @@ def test_generation_runs_on_the_engine_with_its_own_seeded_generator(tiny_chat, 
     """A chunk's answers depend on its seed only (not on global random state); with a vanishing top-p the sampler
     keeps the top token alone, and each batched, left-padded answer is the model's own greedy `generate` of that
     prompt alone (the reference path), cut at the first stop id."""
-    from backend.builder import _stop_ids
-    from backend.chat import encode_prompt
+    from backend.build.local import stop_ids as _stop_ids
+    from backend.models.chat import encode_prompt
 
     units = plan_units(catalogue, SETTINGS, "tiny")[:6]
     torch.manual_seed(1)
@@ -145,7 +153,7 @@ def test_generation_runs_on_the_engine_with_its_own_seeded_generator(tiny_chat, 
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_chat, catalogue, reference_space, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    real = builder.generate_chunk
+    real = local.generate_chunk
     calls = {"n": 0}
 
     def dies_on_third(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -154,12 +162,12 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_chat, catalogue, re
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(builder, "generate_chunk", dies_on_third)
+    monkeypatch.setattr(local, "generate_chunk", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         build(tiny_chat, catalogue, SETTINGS, tmp_path / "space", tmp_path / "work", log=lambda m: None)
     assert not (tmp_path / "space").exists()
     assert len(list((tmp_path / "work" / "chunks").glob("*.json"))) == 2
-    monkeypatch.setattr(builder, "generate_chunk", real)
+    monkeypatch.setattr(local, "generate_chunk", real)
     path = build(tiny_chat, catalogue, SETTINGS, tmp_path / "space", tmp_path / "work", log=lambda m: None)
     assert_same_space(load_space(path), reference_space)
 
@@ -218,7 +226,7 @@ def test_space_mismatch_and_corruption_are_clear_errors(reference_space, tmp_pat
     blob = (cut / TENSOR_FILE).read_bytes()[:200]
     (cut / TENSOR_FILE).write_bytes(blob)
     manifest = json.loads((cut / MANIFEST).read_text())
-    from backend.store import sha256_file
+    from backend.store.space import sha256_file
 
     manifest["files"][TENSOR_FILE] = sha256_file(cut / TENSOR_FILE)  # hash matches, content still unreadable
     (cut / MANIFEST).write_text(json.dumps(manifest))
@@ -229,7 +237,7 @@ def test_space_mismatch_and_corruption_are_clear_errors(reference_space, tmp_pat
 
 
 def test_catalogue_validation(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    shipped = Path(builder.__file__).parent / "catalogue"
+    shipped = Path(backend.catalogue.__file__).parent
     catalogue = load_catalogue()
     assert len(catalogue.archetypes) == 275 and len(catalogue.questions) >= 240 and len(catalogue.defaults) == 5
     assert all(len(a.prompts) == 5 for a in catalogue.archetypes)
@@ -327,9 +335,7 @@ def test_role_vectors_average_only_score_3_answers(tiny_chat, catalogue) -> None
         for unit, score in zip([u for u in units if u.role == name], given, strict=True):
             scores[unit.key] = (score, "by hand")
     paper = replace(SETTINGS, recipe="paper")  # the paper's recipe: a role vector is the mean of its score-3 answers
-    manifest, tensors = builder.build_space(
-        tiny_chat.info.to_dict(), catalogue, paper, units, means, records, scores, started=0.0
-    )
+    manifest, tensors = build_space(tiny_chat.info.to_dict(), catalogue, paper, units, means, records, scores, started=0.0)
     entries = {e["name"]: e for e in manifest["roles"]}
     assert {n: e["in_role"] for n, e in entries.items()} == {"pirate": 2, "librarian": 0, "ghost": 1, "accountant": 3, "poet": 4}
     # no score-3 answer: still drawn (from every answer it gave), marked weak, left out of the fit
@@ -356,7 +362,7 @@ class TextJudge:
     def score(self, roles, texts):  # type: ignore[no-untyped-def]
         from collections import Counter
 
-        from backend.judge import Judged
+        from backend.judges.embedding import Judged
 
         seen: Counter[str] = Counter()
         judged = []

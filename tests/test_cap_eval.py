@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.cap_eval import UNCAPPED, Item, Runner, Setting, grid, limit_items, load_attacks, parse_windows, run_eval
 from backend.errors import PersonaSpaceError
-from backend.frontier import kl_per_position, pareto_front, recommend
-from backend.judge import Judged
-from backend.store import Space
+from backend.evaluation.cap_eval import run_eval
+from backend.evaluation.cap_items import UNCAPPED, Item, Setting, grid, limit_items, load_attacks, parse_windows
+from backend.evaluation.cap_runner import Runner
+from backend.judges.embedding import Judged
+from backend.maths.divergence import kl_per_position
+from backend.store.space import Space
+from backend.view.frontier import pareto_front, recommend
 from tests.test_app import page, tiny_space  # noqa: F401  (the app tests' fixture)
 from tests.test_llm_judge import Server, ok, server  # noqa: F401  (the OpenAI-compatible judge's test server)
 
@@ -200,11 +203,11 @@ def test_cap_tuning_page_loads_a_setting_into_the_live_chat(tmp_path, monkeypatc
 def test_preset_goes_into_the_manifest_and_old_manifests_still_load(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from backend.cap_preset import default_cap, write_preset
     from backend.errors import SpaceError
-    from backend.manifest_check import check_manifest
-    from backend.space_info import format_info, space_info
-    from backend.store import load_space
+    from backend.store.info import format_info, space_info
+    from backend.store.space import load_space
+    from backend.view.cap_preset import default_cap, write_preset
+    from backend.view.manifest import check_manifest
 
     folder = tmp_path / "space"
     shutil.copytree(tiny_world[1], folder)
@@ -227,7 +230,7 @@ def test_preset_goes_into_the_manifest_and_old_manifests_still_load(tiny_world, 
 def test_a_worker_on_a_space_with_a_preset_starts_sessions_with_it(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from backend.cap_preset import write_preset
+    from backend.view.cap_preset import write_preset
     from tests.worker_harness import Worker
 
     folder = tmp_path / "space"
@@ -251,7 +254,7 @@ def test_the_openai_judge_decides_adoption(tiny_chat, server: Server, tmp_path, 
     """``--judge openai``: the existing OpenAI-compatible judge, on its test server, scores every attack reply for the
     persona its item pushes; here the server says 3 (fully in role) for the pirate and 0 for anything else."""
     from backend.catalogue import load_catalogue
-    from backend.llm_judge import OpenAIJudge
+    from backend.judges.llm import OpenAIJudge
 
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from backend.store import load_space
+from backend.store.space import load_space
 
 
 def _engine(tiny_world, path, compile):  # type: ignore[no-untyped-def]
-    from backend.models import load_model
+    from backend.models.loading import load_model
     from backend.worker.db import Database
     from backend.worker.engine import Engine
 
@@ -92,7 +92,7 @@ def test_inductor_cache_goes_to_our_folder_unless_the_user_chose_one(tmp_path, m
     """Loading a model makes torch set its /tmp default; that must not keep the cache out of the persona-space folder."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from backend.decode import use_inductor_cache
+    from backend.decode.engine import use_inductor_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
     use_inductor_cache(str(tmp_path / "ours"))

@@ -1,6 +1,6 @@
 """The worker's model work happens on its generation thread, with the CPUs; the main thread stays at one torch thread.
 
-Why (see backend/cpu_threads.py): libgomp throttles every OpenMP team once a process holds more OpenMP threads than
+Why (see backend/kernels/cpu_threads.py): libgomp throttles every OpenMP team once a process holds more OpenMP threads than
 CPUs, and the main thread's team lives as long as the process; the generation thread's decode step then takes
 about twice as long.
 """
@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from backend.store import load_space
+from backend.store.space import load_space
 
 
 def test_reserve_keeps_the_main_thread_single_and_own_gives_the_generation_thread_its_count() -> None:
@@ -23,7 +23,7 @@ def test_reserve_keeps_the_main_thread_single_and_own_gives_the_generation_threa
         """
         import threading, torch
         torch.set_num_threads(2)
-        from backend import cpu_threads
+        from backend.kernels import cpu_threads
         threads = cpu_threads.reserve()
         seen = {}
         def generation():
@@ -41,7 +41,7 @@ def test_reserve_keeps_the_main_thread_single_and_own_gives_the_generation_threa
 
 @pytest.fixture
 def engine(tiny_world, tmp_path):  # type: ignore[no-untyped-def]
-    from backend.models import load_model
+    from backend.models.loading import load_model
     from backend.worker.db import Database
     from backend.worker.engine import Engine
 

@@ -8,12 +8,11 @@ import os
 import pytest
 import torch
 
-from backend.axis import steering_vector
-from backend.decode import Decoder, generate_rows
+from backend.decode.engine import Decoder, generate_rows
 from backend.errors import InterventionError
-from backend.interventions import Cap, CapLog, Live, Monitor, Steer, intervene
-from backend.layers import block_output, find_decoder_layers
-from backend.rows import RowControls
+from backend.hooks.rows import RowControls
+from backend.maths.edits import steering_vector
+from backend.models.layers import block_output, find_decoder_layers
 from tests.tiny import random_ids, tiny_model
 
 ARCHS = ("llama", "gpt2", "gemma3", "gpt_neox", "qwen3", "phi3")
@@ -32,33 +31,51 @@ def world(model=None, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:  # ty
 
 
 def eager_reference(model, prompt, n, *, caps=None, steer=None, change=None):  # type: ignore[no-untyped-def]
-    """The old path: a dynamic-cache loop with the Live/Monitor hooks. ``change = (index, caps)`` swaps the cap.
+    """An independent oracle: a dynamic-cache loop with plain hooks of its own that write the method's formulas out
+    (``h + c v``, then ``h + u max(tau - h.u, 0)``). ``change = (index, caps)`` swaps the cap before that token.
 
     Returns the greedy tokens, the monitor reading and the per-layer cap deltas of each fed-back token.
     """
     axis, vectors = world(model)
-    cap_live: Live[Cap] = Live(None, kind=Cap)
-    steer_live: Live[Steer] = Live(None, kind=Steer)
-    if caps:
-        cap_live.set(Cap({k: axis[k] for k in caps}, caps))
-    if steer:
-        coefficient, layers = steer
-        steer_live.set(Steer({k: vectors[k] for k in layers}, coefficient))
-    monitor, log = Monitor(axis[MONITOR], MONITOR), CapLog()
+    units = axis / axis.norm(dim=-1, keepdim=True)
+    state = {"caps": dict(caps or {}), "steer": dict.fromkeys(steer[1], steer[0]) if steer else {}}
+    seen: dict[str, object] = {}
+
+    def hook_for(layer):  # type: ignore[no-untyped-def]
+        def hook(module, args, output):  # type: ignore[no-untyped-def]
+            h = block_output(output)
+            if layer in state["steer"]:
+                h = h + state["steer"][layer] * vectors[layer]
+            if layer in state["caps"]:
+                u = units[layer]
+                delta = (state["caps"][layer] - h @ u).clamp_min(0)
+                h = torch.addcmul(h, delta.unsqueeze(-1), u)
+                seen.setdefault("deltas", {})[layer] = float(delta[0, -1])  # type: ignore[index]
+            if layer == MONITOR:
+                seen["monitor"] = float(h[0, -1] @ units[MONITOR])
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
+        return hook
+
+    handles = [block.register_forward_hook(hook_for(i)) for i, block in enumerate(find_decoder_layers(model))]
     tokens, readings, deltas = [], [], []
-    with intervene(model, cap_live, steer_live, monitor, cap_log=log), torch.inference_mode():
-        out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-        for index in range(n):
-            if change is not None and change[0] == index:
-                cap_live.set(Cap({k: axis[k] for k in change[1]}, change[1]))
-            token = int(out.logits[0, -1].argmax())
-            if token == STOP:
-                break
-            tokens.append(token)
-            mark = len(log.steps)
-            out = model(input_ids=torch.tensor([[token]]), cache=out.past_key_values, use_cache=True)
-            readings.append(float(monitor._chunks[-1][0, -1]))
-            deltas.append({s.layer: float(s.delta[0, -1]) for s in log.steps[mark:]})
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            for index in range(n):
+                if change is not None and change[0] == index:
+                    state["caps"] = dict(change[1])
+                token = int(out.logits[0, -1].argmax())
+                if token == STOP:
+                    break
+                tokens.append(token)
+                seen.clear()
+                out = model(input_ids=torch.tensor([[token]]), cache=out.past_key_values, use_cache=True)
+                readings.append(seen["monitor"])
+                deltas.append(dict(seen.get("deltas", {})))  # type: ignore[call-overload]
+    finally:
+        for handle in handles:
+            handle.remove()
     return tokens, readings, deltas
 
 
@@ -147,7 +164,7 @@ def test_the_embedded_default_decodes_as_the_eager_hooks_do(smollm) -> None:  # 
     """SmolLM2-135M, float32 greedy: one capped and steered row, then a compare pair (row 0 capped, row 1 not, of
     different lengths) with the cap raised mid-stream, each row equal to the eager hooks' run of its prompt alone
     (readouts to 1e-4: readings of ~10 in float32, summed in another order by the few-row products)."""
-    from backend.chat import encode_prompt
+    from backend.models.chat import encode_prompt
 
     model, tok = smollm.model, smollm.tokenizer
     long = encode_prompt(tok, None, [{"role": "user", "content": "Describe a lighthouse keeper's morning."}])
@@ -225,7 +242,7 @@ def test_row_controls_validate() -> None:
 def test_repetition_penalty_is_hf_semantics_over_the_reply() -> None:
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from backend.sampling import choose_token, repetition_penalty
+    from backend.maths.sampling import choose_token, repetition_penalty
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(50, generator=g) * 3
@@ -245,7 +262,7 @@ def test_repetition_penalty_is_hf_semantics_over_the_reply() -> None:
 def test_batched_top_p_sampling_keeps_each_rows_nucleus() -> None:
     """`sample_rows` (the builder's sampler) draws from each row's top-p prefix only, including rows whose nucleus
     is wider than the fast top-256 path; one row draws exactly what the worker's `choose_token` draws."""
-    from backend.sampling import choose_token, sample_rows
+    from backend.maths.sampling import choose_token, sample_rows
 
     vocab = 1000
     logits = torch.full((3, vocab), -30.0)
@@ -285,7 +302,7 @@ def test_repetition_penalty_control_is_validated() -> None:
 )
 @pytest.mark.timeout(900)
 def test_compiled_step_equals_eager_with_a_mid_stream_change(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from backend.decode import CompiledStep
+    from backend.decode.engine import CompiledStep
 
     model = tiny_model("llama")
     axis, vectors = world()
@@ -316,7 +333,7 @@ def test_compiled_step_equals_eager_with_a_mid_stream_change(tmp_path) -> None: 
 
 
 def test_top_p_fast_path_draws_what_a_full_sort_draws() -> None:
-    from backend.sampling import choose_token
+    from backend.maths.sampling import choose_token
 
     def full_sort(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
         probs = torch.softmax(logits / temperature, dim=-1)

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from backend.drift import load_scenario, load_scenarios, run_drift
-from backend.models import load_model
-from backend.store import load_space
-from backend.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcript
+from backend.evaluation.drift import load_scenario, load_scenarios, run_drift
+from backend.models.loading import load_model
+from backend.reading.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcript
+from backend.store.space import load_space
 from tests.worker_harness import ROOT
 
 CONVERSATION = [

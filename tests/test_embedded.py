@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.chat import ChatTemplateError, build_messages, encode_conversation, encode_prompt, template_quirks
+from backend.decode.generate import Sampling, generate_reply
 from backend.errors import ModelLoadError
-from backend.generate import Sampling, generate_reply
-from backend.interventions import Cap, Capture, Monitor, intervene
-from backend.models import SOURCE_RECORD, load_model
+from backend.hooks.interventions import Cap, intervene
+from backend.hooks.readers import Capture, Monitor
+from backend.models.chat import ChatTemplateError, build_messages, encode_conversation, encode_prompt, template_quirks
+from backend.models.loading import SOURCE_RECORD, load_model
 
 
 def test_loads_offline_and_describes_itself(smollm) -> None:  # type: ignore[no-untyped-def]
@@ -132,3 +133,43 @@ def test_unknown_model_spec_is_a_clear_error(tmp_path) -> None:  # type: ignore[
         load_model(str(tmp_path / "missing.gguf"), cache=tmp_path)
     with pytest.raises(ModelLoadError, match=r"non-empty string"):
         load_model("  ", cache=tmp_path)
+
+
+def test_generate_reply_on_the_decode_engine_equals_hf_generate(smollm) -> None:  # type: ignore[no-untyped-def]
+    """The oracle: Hugging Face's own eager ``generate``, greedy, under the same cap and monitor hooks."""
+    import threading
+
+    model, tok = smollm.model, smollm.tokenizer
+    torch.manual_seed(0)
+    axis = torch.randn(smollm.info.n_layers, smollm.info.hidden)
+    turns = [{"role": "user", "content": "Tell me about the sea."}]
+    system = "You are a pirate."
+    cap = Cap.from_axis(axis, [20, 21, 22], 0.5)
+    reply_monitor, hf_monitor = Monitor(axis[15], 15), Monitor(axis[15], 15)
+    streamed: list[int] = []
+    with intervene(model, cap, reply_monitor) as handle:
+        prompt, new = generate_reply(smollm, turns, system=system, sampling=Sampling(max_new_tokens=20), on_token=streamed.append)
+        engine_deltas = handle.cap_log.deltas(21)
+    ids = torch.tensor([encode_prompt(tok, system, turns)])
+    assert ids[0].tolist() == prompt
+    with intervene(model, cap, hf_monitor) as handle, torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        hf_deltas = handle.cap_log.deltas(21)
+    expected = out[0, ids.shape[1] :].tolist()
+    eos = tok.eos_token_id
+    expected = expected[: expected.index(eos)] if eos in expected else expected
+    assert new == expected and streamed == new
+    # every fed position was read and capped alike: the prompt, then each kept token but the last one
+    torch.testing.assert_close(
+        reply_monitor.readings(), hf_monitor.readings()[:, : reply_monitor.readings().shape[1]], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(engine_deltas, hf_deltas[:, : engine_deltas.shape[1]], atol=1e-4, rtol=1e-4)
+    assert engine_deltas.shape[1] == len(prompt) + len(new) - (1 if len(new) == 20 else 0)
+    # a seed makes a sampled reply repeatable; a set stop event ends it before any token
+    sampled = [generate_reply(smollm, turns, sampling=Sampling(max_new_tokens=12, greedy=False, seed=7))[1] for _ in range(2)]
+    assert sampled[0] == sampled[1] and sampled[0]
+    stop = threading.Event()
+    stop.set()
+    assert generate_reply(smollm, turns, stop=stop)[1] == []

@@ -22,12 +22,15 @@ from typing import Any
 import pytest
 import torch
 
-from backend.builder import BuildSettings, WorkFolder, build, chunk_seed, chunks_of, plan_units
-from backend.chat import encode_prompt, render_prompt
+from backend.build.pipeline import build
+from backend.build.plan import chunk_seed, chunks_of, plan_units
+from backend.build.served import GeneratorError, request_seed
+from backend.build.settings import BuildSettings
+from backend.build.workfolder import WorkFolder
 from backend.cli import build_parser
 from backend.errors import PersonaSpaceError
-from backend.generators import GeneratorError, request_seed
-from backend.store import load_space
+from backend.models.chat import encode_prompt, render_prompt
+from backend.store.space import load_space
 from tests.completions_server import MODEL_ID, completion_text
 
 ROLES = ("pirate", "librarian", "ghost", "accountant", "poet")
@@ -171,7 +174,7 @@ def test_server_token_ids_are_used_and_checked(tiny_chat, catalogue, server, tmp
             spelled = [t for c in text for t in tok.encode(c, add_special_tokens=False)]
             ids[text] = [*spelled, tok.eos_token_id]
     server.control("ok_ids", ids=ids)
-    from backend.generators import run_served_generation
+    from backend.build.served import run_served_generation
 
     work = WorkFolder(tmp_path / "w")
     work.open(settings.generation_key(), "tiny-0")
@@ -281,7 +284,7 @@ def test_generator_settings_and_keys() -> None:
 
 
 def test_rebuild_of_a_served_build_keeps_its_record(served_build, catalogue, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from backend.builder import rebuild
+    from backend.build.pipeline import rebuild
 
     root, space, _, settings = served_build
     path = rebuild(root / "work", catalogue, tmp_path / "again", log=lambda m: None)

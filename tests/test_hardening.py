@@ -300,7 +300,7 @@ def test_empty_and_wildcard_hosts_are_not_loopback() -> None:
 )
 def test_an_edited_manifest_is_refused_with_one_line_naming_the_field(tiny_world, tmp_path, field, value, named, capsys) -> None:  # type: ignore[no-untyped-def]
     from backend.cli import main
-    from backend.space_view import SpaceViewError, read_space
+    from backend.view.space import SpaceViewError, read_space
 
     _, space, _ = tiny_world
     edited = tmp_path / "edited"

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend import int8_linear, small_batch
-from backend.decode import Decoder, generate_rows
+from backend.decode.engine import Decoder, generate_rows
 from backend.errors import PersonaSpaceError
-from backend.rows import RowControls
+from backend.hooks.rows import RowControls
+from backend.kernels import int8_linear, small_batch
 from tests.tiny import random_ids, tiny_model
 
 
@@ -119,9 +119,9 @@ def test_decoding_in_int8_stays_close_to_float32() -> None:
 
 
 def test_a_compiled_steps_shadow_shares_the_int8_weights() -> None:
-    """The worker compiles on a shadow of the model (backend.compiled_rows): it must reuse the int8 copies, not
+    """The worker compiles on a shadow of the model (backend.decode.compiled): it must reuse the int8 copies, not
     duplicate them, and compute what the model computes."""
-    from backend.compiled_rows import shadow_of
+    from backend.decode.compiled import shadow_of
 
     model = tiny_model("llama")
     int8_linear.install(model)

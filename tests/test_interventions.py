@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 
-from backend.axis import project, steering_vector
 from backend.errors import InterventionError
-from backend.interventions import Cap, Capture, Live, Monitor, Steer, attach, intervene
-from backend.layers import block_output, find_decoder_layers
+from backend.hooks.interventions import Cap, Steer, attach, intervene
+from backend.hooks.readers import Capture, Monitor
+from backend.maths.axis import project
+from backend.maths.edits import steering_vector
+from backend.models.layers import block_output, find_decoder_layers
 from tests.tiny import random_ids, tiny_model
 
 
@@ -175,7 +177,7 @@ def test_live_control_applies_from_next_step_not_before() -> None:
     with intervene(model, plain_monitor), torch.no_grad():
         plain = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
 
-    live: Live[Cap] = Live(None, kind=Cap)
+    handles = []  # the handle, once attached: the streamer changes the cap through it
     monitor = Monitor(axis[layer], layer)
     produced: list[int] = []
 
@@ -188,12 +190,13 @@ def test_live_control_applies_from_next_step_not_before() -> None:
                 return
             produced.append(int(value.reshape(-1)[0]))
             if len(produced) == change_after:
-                live.set(Cap.from_axis(axis, [layer], tau))
+                handles[0].set(Cap.from_axis(axis, [layer], tau))
 
         def end(self) -> None:
             pass
 
-    with intervene(model, live, monitor) as handle, torch.no_grad():
+    with intervene(model, Cap.from_axis(axis, [layer], -math.inf), monitor) as handle, torch.no_grad():
+        handles.append(handle)
         live_out = model.generate(ids, attention_mask=torch.ones_like(ids), streamer=Streamer(), **kwargs)
     # Tokens up to the change are the same; the forward that feeds the 4th generated token is the first capped.
     assert torch.equal(live_out[0, : 5 + change_after], plain[0, : 5 + change_after])
@@ -253,14 +256,20 @@ def test_bad_intervention_inputs_name_the_values(llama) -> None:  # type: ignore
         Cap({1: torch.zeros(32)}, {1: 0.0})
     with pytest.raises(InterventionError, match=r"got 3 thresholds for an axis of 4 layers"):
         Cap.from_axis(torch.randn(4, 32), [1], [0.0, 1.0, 2.0])
-    with pytest.raises(InterventionError, match=r"holds a Cap, got Steer"):
-        Live(None, kind=Cap).set(Steer({1: torch.randn(32)}, 1.0))
+    with pytest.raises(InterventionError, match=r"two caps at layer 1: a floor on two directions is not one floor"):
+        attach(llama, Cap({1: torch.randn(32)}, {1: 0.0}), Cap({1: torch.randn(32)}, {1: 0.0}))
+    with pytest.raises(InterventionError, match=r"set\(\) takes Cap and Steer records, not Monitor"):
+        with intervene(llama, Steer({1: torch.randn(32)}, 1.0)) as handle:
+            handle.set(Monitor(torch.randn(32), 1))  # type: ignore[arg-type]
+    with pytest.raises(InterventionError, match=r"cap layers \[2\] have no hooks"):
+        with intervene(llama, Cap({1: torch.randn(32)}, {1: 0.0})) as handle:
+            handle.set(Cap({2: torch.randn(32)}, {2: 0.0}))
     assert hook_count(llama) == hooks
 
 
 def test_handle_remove_is_idempotent_and_context_manager(llama) -> None:  # type: ignore[no-untyped-def]
     hooks = hook_count(llama)
-    handle = attach(llama, Capture(), Live(None, kind=Steer))
+    handle = attach(llama, Capture(), Steer(dict.fromkeys(range(4), torch.randn(32)), 0.0))
     assert hook_count(llama) == hooks + 8
     handle.remove()
     handle.remove()
@@ -285,8 +294,13 @@ def test_steering_then_cap_on_the_same_layer(llama, live) -> None:  # type: igno
     steered = plain + coefficient * vector.double()
     expected = steered + u.double() * (tau - steered @ u.double()).clamp_min(0).unsqueeze(-1)  # floor after steering
     cap, steer_ = Cap({layer: direction}, {layer: tau}), Steer({layer: vector}, coefficient)
-    items = (Live(cap), Live(steer_)) if live else (cap, steer_)
-    with intervene(llama, *items), torch.no_grad():
+    if live:  # attached off (a cap at -inf, no steering), then both set while attached
+        items = (Cap({layer: direction}, {layer: -math.inf}), Steer({layer: vector}, 0.0))
+    else:
+        items = (steer_, cap)  # in either order: steering runs first
+    with intervene(llama, *items) as handle, torch.no_grad():
+        if live:
+            handle.set(cap, steer_)
         seen, h = record_outputs(llama, layer)
         llama(ids)
         h.remove()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.catalogue import load_catalogue
-from backend.judge import EmbeddingJudge, Judged, NoJudge, rule_score
+from backend.judges.embedding import EmbeddingJudge, Judged, NoJudge, rule_score
 
 
 def test_decision_rule() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from backend.catalogue import Archetype
 from backend.errors import PersonaSpaceError
-from backend.llm_judge import RUBRIC, JudgeError, OpenAIJudge, RateLimiter, parse_score
+from backend.judges.llm import RUBRIC, JudgeError, OpenAIJudge, RateLimiter, parse_score
 
 ARCHETYPES = (
     Archetype("pirate", "fantastical", "A swaggering sea robber who talks of plunder and the open sea.", ("You are a pirate.",)),

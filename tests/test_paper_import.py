@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from backend.build.paper import import_paper_vectors, release_settings
+from backend.build.paper_caps import parse_capping_config, released_percentile
 from backend.errors import SpaceError
-from backend.paper_import import import_paper_vectors, parse_capping_config, release_settings, released_percentile
-from backend.store import load_space
+from backend.store.space import load_space
 
 L, D, N_ROLES, N_TRAITS = 6, 16, 12, 4
 

@@ -6,24 +6,24 @@ import threading
 
 import torch
 
-from backend.store import load_space
+from backend.store.space import load_space
 
 
 def test_the_engine_is_ready_while_the_map_is_still_being_built(tiny_world, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import backend.builder
-    from backend.models import load_model
+    import backend.maths.umap_layout
+    from backend.models.loading import load_model
     from backend.worker.db import Database
     from backend.worker.engine import Engine
 
     release, started = threading.Event(), threading.Event()
-    real_fit = backend.builder.fit_umap
+    real_fit = backend.maths.umap_layout.fit_umap
 
     def slow_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
         started.set()
         release.wait(60)
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(backend.builder, "fit_umap", slow_fit)
+    monkeypatch.setattr(backend.maths.umap_layout, "fit_umap", slow_fit)
     model, space_path, _ = tiny_world
     engine = Engine(load_model(model), load_space(space_path), Database(tmp_path / "w.sqlite3"))
     engine.start()

@@ -24,13 +24,16 @@ import ray
 import torch
 
 from backend import cli
-from backend.builder import BuildSettings, WorkFolder, build, chunks_of, plan_units
+from backend.build.pipeline import build
+from backend.build.plan import chunks_of, plan_units
+from backend.build.settings import BuildSettings
+from backend.build.workfolder import WorkFolder
 from backend.catalogue import load_catalogue
-from backend.distributed import ModelActor, RayError, RayModels, RayOptions, plan_actors, ray_options
+from backend.cluster import ModelActor, RayError, RayModels, RayOptions, plan_actors, ray_options
 from backend.errors import ModelLoadError
-from backend.models import load_model
-from backend.store import load_space
-from backend.transcripts import TranscriptError, read_transcripts
+from backend.models.loading import load_model
+from backend.reading.transcripts import TranscriptError, read_transcripts
+from backend.store.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("pirate", "librarian", "ghost", "accountant", "poet")

@@ -22,7 +22,7 @@ def test_readme_example_prints_a_capped_pirate_reply_and_the_cap_log(smol_tokeni
     assert done.returncode == 0, done.stderr[-2000:]
     printed, _, ids_line = done.stdout.rstrip("\n").rpartition("\n")
     reply_ids = [int(x) for x in re.findall(r"\d+", ids_line.removeprefix("REPLY_IDS"))]
-    # The prompt, tokenized here by the chat template itself (not by backend.chat).
+    # The prompt, tokenized here by the chat template itself (not by backend.models.chat).
     messages = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}]
     prompt = smol_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     eos = smol_tokenizer.eos_token_id

@@ -1,6 +1,6 @@
 """The persona space shipped in git for the embedded default: it loads, matches the model, has what the app needs.
 
-CI never rebuilds it (README: how it was built); these checks only read it.
+CI never rebuilds it (docs/shipped-space.md: how it was built); these checks only read it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from backend.catalogue import load_catalogue
-from backend.space_info import space_info
-from backend.space_view import read_space, summary
-from backend.store import REQUIRED_TENSORS, load_space
+from backend.store.info import space_info
+from backend.store.space import REQUIRED_TENSORS, load_space
+from backend.view.space import read_space, summary
 from tests.worker_harness import ROOT, Worker
 
 SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
@@ -39,7 +39,7 @@ def test_shipped_space_matches_the_embedded_model_and_is_complete(smollm) -> Non
     assert len(view["roles"]) == len(kept) and view["assistant"]["umap_2d"] is not None
     info = space_info(space)
     assert len(info["axis_pc1_cosine"]) == 30 and set(info["projections"]) == set(kept)
-    # issue #9's targets for the shipped space, at its target layer (README: "The shipped space")
+    # issue #9's targets for the shipped space, at its target layer (docs/shipped-space.md)
     target = info["target_layer"]
     assert info["axis_pc1_cosine"][target] >= 0.6 and info["default_pc1_percentile"][target] >= 0.9
     assert info["default_projection"] > max(info["projections"].values())

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend import small_batch
-from backend.decode import Decoder, generate_rows
+from backend.decode.engine import Decoder, generate_rows
+from backend.kernels import small_batch
 from tests.tiny import random_ids, tiny_model
 
 

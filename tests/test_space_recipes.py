@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.axis import fit_pca
+from backend.build.recipes import EMPTY, RECIPES, Answer, role_vectors
 from backend.errors import PersonaSpaceError
-from backend.recipes import EMPTY, RECIPES, Answer, role_vectors
+from backend.maths.pca import fit_pca
 
 D, N_ROLES, ROLE_QS, DEFAULT_QS = 24, 14, 8, 24
 

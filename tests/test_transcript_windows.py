@@ -12,11 +12,11 @@ import sys
 import pytest
 import torch
 
-from backend.chat import encode_conversation
-from backend.models import load_model
-from backend.store import load_space
-from backend.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcripts
-from backend.windows import Layout, WindowError, plan_windows
+from backend.models.chat import encode_conversation
+from backend.models.loading import load_model
+from backend.reading.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcripts
+from backend.reading.windows import Layout, WindowError, plan_windows
+from backend.store.space import load_space
 from tests.worker_harness import ROOT
 
 

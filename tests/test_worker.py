@@ -442,8 +442,8 @@ def test_after_and_last_event_id_resume_exactly_after_the_later_one(worker) -> N
 def test_projection_values_match_an_independent_oracle(worker, tiny_world) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from backend.models import load_model
-    from backend.store import load_space
+    from backend.models.loading import load_model
+    from backend.store.space import load_space
     from tests.test_drift import independent_spans
 
     conversation = JOKE

@@ -7,7 +7,7 @@ from streamlit.errors import StreamlitAPIException
 
 from app.cap_reports import find_reports, pick_for, read_report, reports_root, settings_table
 from app.chat_view import PICK_KEY
-from backend.frontier import tradeoff_figure
+from backend.view.frontier import tradeoff_figure
 
 st.title("Cap tuning")
 reports = find_reports()

@@ -29,7 +29,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from backend.worker.db import Database, connect, write_import
+from backend.worker.db import Database
+from backend.worker.db_import import connect, write_import
 from backend.worker.imports import ExportError, Prepared, check
 
 # Measured on the 2-core machine (shared, load ~9): decoding and checking cost 40-66 ms of CPU per MiB, all of it

@@ -1,0 +1,1 @@
+"""The build pipeline: settings -> plan -> work folder -> local / served generation -> judge -> recipes -> assembled space."""

@@ -1,0 +1,1 @@
+"""Experiments on a built space: the cap evaluation and the drift scenarios."""

@@ -1,0 +1,299 @@
+"""Per-row live interventions held as tensors: one batch, each row its own cap, steering and readouts.
+
+:class:`RowControls` owns, for ``rows`` rows and the model's ``n_layers`` layers:
+
+* ``tau`` ``(rows, n_layers)``: the cap floor of each row at each layer, ``-inf`` = off (that row moves by an exact
+  zero, so it is bit-identical to an uncapped run);
+* ``steer`` ``(rows, n_layers)``: the steering coefficient of each row at each layer, 0 = off (the layer window is
+  folded in: layers outside it hold 0);
+* ``active`` ``(rows,)``: 1 where the row's reply is still being generated (the capture sums only those rows).
+
+A control change overwrites these tensors in place (:meth:`RowControls.set_cap`, :meth:`RowControls.set_steer`);
+the hooks read them at every forward step, so a change applies from the next token and a compiled step never has
+to be retraced. Nothing in a hook branches on a row or reads a value back to the host: readouts go into
+preallocated device buffers (``before``/``delta`` at every layer, ``monitor``, the capture sums) that the caller
+copies once per step with :meth:`RowControls.readouts`. Readouts are of the last position of each forward call.
+
+Order at each layer, as in :mod:`backend.hooks.interventions`: steering, then the cap, then the monitor and capture
+(they see what the next layer receives). The math is in :mod:`backend.maths.axis`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from backend.errors import InterventionError
+from backend.hooks.handle import Handle
+from backend.maths.edits import cap_floor, steer
+from backend.models.layers import block_output, find_decoder_layers, replace_block_output, validate_layers
+
+_EPS = 1e-12
+
+
+def _units(vectors: torch.Tensor) -> torch.Tensor:
+    """Each row (last dimension) over its norm; an all-zero row stays zero (it is never used to cap)."""
+    norm = vectors.norm(dim=-1, keepdim=True)
+    return torch.where(norm > _EPS, vectors / norm.clamp_min(_EPS), torch.zeros_like(vectors))
+
+
+@dataclass
+class CapStep:
+    """What the cap did at one layer in one forward call: positions ``[start, start + n)``."""
+
+    layer: int
+    start: int
+    tau: float
+    version: int
+    before: torch.Tensor  # (batch, n) projection before the cap (model's device and dtype)
+    delta: torch.Tensor  # (batch, n) how far the cap moved each position along the axis (>= 0)
+
+
+@dataclass
+class CapLog:
+    """Every :class:`CapStep` since the last ``reset()``; optional ``callback`` sees each as it happens."""
+
+    callback: Callable[[CapStep], None] | None = None
+    steps: list[CapStep] = field(default_factory=list)
+    _offsets: dict[int, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.steps.clear()
+        self._offsets.clear()
+
+    def advance(self, layer: int, n: int) -> int:
+        """Count ``n`` positions fed through ``layer``; return the first one's index."""
+        start = self._offsets.get(layer, 0)
+        self._offsets[layer] = start + n
+        return start
+
+    def record(self, layer: int, tau: float, version: int, before: torch.Tensor, delta: torch.Tensor) -> None:
+        start = self.advance(layer, before.shape[-1])
+        # Kept on the model's device: copying to the CPU here would stall a GPU at every layer of every step.
+        step = CapStep(layer, start, tau, version, before, delta)
+        self.steps.append(step)
+        if self.callback is not None:
+            self.callback(step)
+
+    def deltas(self, layer: int) -> torch.Tensor:
+        """``(batch, positions)`` cap movement at ``layer`` over every position seen."""
+        chunks = [s.delta for s in self.steps if s.layer == layer]
+        if not chunks:
+            raise InterventionError(f"the cap never ran at layer {layer}")
+        return torch.cat(chunks, dim=-1).float().cpu()
+
+
+@dataclass
+class Readouts:
+    """One step's readouts on the CPU, float32: ``before``/``delta`` ``(rows, n_layers)``, ``monitor`` ``(rows,)``."""
+
+    before: torch.Tensor
+    delta: torch.Tensor
+    monitor: torch.Tensor | None
+
+
+class RowControls:
+    """Live per-row caps and steering plus per-step readouts, as tensors on the model's device.
+
+    Args:
+        rows: batch size.
+        cap_directions: ``(n_layers, hidden)`` directions the cap uses at each layer (normalised here), or ``None``
+            for no cap hooks.
+        steer_vectors: ``(n_layers, hidden)`` steering vectors for coefficient 1, or ``None``.
+        monitor: ``(layer, direction)`` to read the projection on ``direction`` at ``layer``, or ``None``.
+        capture_layer: a layer whose activations are summed over the rows' generated tokens (for placement).
+        layers: the layers that get hooks (default: all); a cap or steering on another layer is refused.
+        log: a :class:`CapLog` that receives what the cap did at every position of every forward call (the
+            library's mode: one row that broadcasts over any batch); without it, the last position of each call
+            goes into the per-row buffers that :meth:`readouts` copies.
+
+    A layer whose cap direction is all zeros cannot be capped (:meth:`set_cap` refuses it); every other direction is
+    normalised here.
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        n_layers: int,
+        hidden: int,
+        *,
+        cap_directions: torch.Tensor | None = None,
+        steer_vectors: torch.Tensor | None = None,
+        monitor: tuple[int, torch.Tensor] | None = None,
+        capture_layer: int | None = None,
+        layers: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        log: CapLog | None = None,
+    ) -> None:
+        if rows < 1:
+            raise InterventionError(f"need at least one row, got {rows}")
+        self.rows, self.n_layers, self.hidden = rows, n_layers, hidden
+        self.layers = tuple(range(n_layers)) if layers is None else validate_layers(layers, n_layers, "hooked layer")
+        self.device, self.dtype = torch.device(device), dtype
+        for name, value in (("cap_directions", cap_directions), ("steer_vectors", steer_vectors)):
+            if value is not None and tuple(value.shape) != (n_layers, hidden):
+                raise InterventionError(f"{name} must be ({n_layers}, {hidden}), got {tuple(value.shape)}")
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise InterventionError(f"{name} contains NaN or inf")
+        dev, f32 = self.device, torch.float32
+        self.cap_u = None if cap_directions is None else _units(cap_directions.float()).to(self.device)
+        self.cap_layers = (
+            frozenset()
+            if cap_directions is None
+            else frozenset(i for i, n in enumerate(cap_directions.float().norm(dim=-1).tolist()) if n > _EPS)
+        )
+        self.steer_v = None if steer_vectors is None else steer_vectors.detach().float().to(self.device)
+        self.tau = torch.full((rows, n_layers), -math.inf, device=dev, dtype=f32)
+        self.steer = torch.zeros(rows, n_layers, device=dev, dtype=f32)
+        self.active = torch.zeros(rows, device=dev, dtype=f32)
+        self.before = torch.zeros(rows, n_layers, device=dev, dtype=f32)
+        self.delta = torch.zeros(rows, n_layers, device=dev, dtype=f32)
+        self.monitor_layer: int | None = None
+        self.monitor_u: torch.Tensor | None = None
+        self.monitor = torch.zeros(rows, device=dev, dtype=f32)
+        if monitor is not None:
+            layer, direction = monitor
+            validate_layers([layer], n_layers, "monitor layer")
+            if tuple(direction.shape) != (hidden,):
+                raise InterventionError(f"monitor direction must be ({hidden},), got {tuple(direction.shape)}")
+            if float(direction.float().norm()) <= _EPS:
+                raise InterventionError("cannot normalise a zero-length monitor direction")
+            self.monitor_layer, self.monitor_u = layer, _units(direction.float()).to(self.device)
+        if capture_layer is not None:
+            validate_layers([capture_layer], n_layers, "capture layer")
+        self.capture_layer = capture_layer
+        self.capture_sum = torch.zeros(rows, hidden, device=self.device, dtype=torch.float64)
+        self.capture_count = torch.zeros(rows, device=self.device, dtype=torch.float64)
+        # what the host set, so it never has to read the device to know which layers are on
+        self.cap_taus: list[dict[int, float]] = [{} for _ in range(rows)]
+        self.steer_on: list[dict[int, float]] = [{} for _ in range(rows)]
+        self._hooks: dict[int, Callable[..., object]] = {}
+        self.log = log
+        self.version = 0  # counts control changes; a log records the version in force
+
+    # controls (host side; in place) -------------------------------------------------------------------------
+    def _row(self, row: int) -> int:
+        if not 0 <= row < self.rows:
+            raise InterventionError(f"row {row} is out of range 0..{self.rows - 1}")
+        return row
+
+    def set_cap(self, row: int, thresholds: Mapping[int, float] | None) -> None:
+        """Floors of ``row`` per layer (``None`` or ``{}`` = cap off); layers not named are off."""
+        self._row(row)
+        taus = dict(thresholds or {})
+        if taus and self.cap_u is None:
+            raise InterventionError("these row controls have no cap directions")
+        validate_layers(list(taus), self.n_layers, "cap layer")
+        missing = set(taus) - set(self.layers)
+        if missing:
+            raise InterventionError(f"cap layers {sorted(missing)} have no hooks (hooked: {list(self.layers)})")
+        directionless = sorted(layer for layer in taus if layer not in self.cap_layers)
+        if directionless:
+            raise InterventionError(f"cap layers {directionless} have no cap direction (it is zero there)")
+        values = torch.full((self.n_layers,), -math.inf)
+        for layer, tau in taus.items():
+            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or tau == math.inf:
+                raise InterventionError(f"layer {layer}: cap threshold must be a finite number or -inf, got {tau!r}")
+            values[layer] = float(tau)
+        self.tau[row].copy_(values)
+        self.cap_taus[row] = {k: float(v) for k, v in taus.items() if v != -math.inf}
+        self.version += 1
+
+    def set_steer(self, row: int, coefficient: float, layers: Sequence[int] = ()) -> None:
+        """Steering of ``row``: ``coefficient`` at ``layers`` (0 or no layers = off)."""
+        self._row(row)
+        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
+            raise InterventionError(f"steering coefficient must be a finite number, got {coefficient!r}")
+        chosen = validate_layers(list(layers), self.n_layers, "steering layer")
+        if coefficient != 0 and chosen and self.steer_v is None:
+            raise InterventionError("these row controls have no steering vectors")
+        missing = set(chosen) - set(self.layers)
+        if coefficient != 0 and missing:
+            raise InterventionError(f"steering layers {sorted(missing)} have no hooks (hooked: {list(self.layers)})")
+        values = torch.zeros(self.n_layers)
+        if coefficient != 0:
+            values[list(chosen)] = float(coefficient)
+        self.steer[row].copy_(values)
+        self.steer_on[row] = {layer: float(coefficient) for layer in chosen} if coefficient != 0 else {}
+        self.version += 1
+
+    def set_active(self, row: int, active: bool) -> None:
+        self.active[self._row(row)] = 1.0 if active else 0.0
+
+    def reset_readouts(self) -> None:
+        for t in (self.before, self.delta, self.monitor, self.capture_sum, self.capture_count):
+            t.zero_()
+
+    # device side ----------------------------------------------------------------------------------------
+    def _hook(self, layer: int) -> Callable[..., object]:
+        cap = self.cap_u is not None
+        steer_v = self.steer_v
+        monitor = self.monitor_layer == layer
+        capture = self.capture_layer == layer
+
+        def hook(module: nn.Module, args: object, output: object) -> object:
+            hidden = block_output(output)
+            if steer_v is not None:
+                hidden = steer(hidden, steer_v[layer], self.steer[:, layer])
+            if cap:
+                assert self.cap_u is not None
+                hidden, delta, before = cap_floor(hidden, self.cap_u[layer], self.tau[:, layer])
+                if self.log is not None:
+                    self._log(layer, before, delta)
+                else:
+                    self.before[:, layer].copy_(before[:, -1])
+                    self.delta[:, layer].copy_(delta[:, -1])
+            last = hidden[:, -1].float()
+            if monitor:
+                assert self.monitor_u is not None
+                self.monitor.copy_(last @ self.monitor_u)
+            if capture:
+                self.capture_sum.add_(last.double() * self.active.double()[:, None])
+                self.capture_count.add_(self.active.double())
+            return replace_block_output(output, hidden)
+
+        return hook
+
+    def _log(self, layer: int, before: torch.Tensor, delta: torch.Tensor) -> None:
+        """The library's mode: what the cap did at every position, for the layers the (only) row caps."""
+        assert self.log is not None
+        tau = self.cap_taus[0].get(layer)
+        if tau is None:  # not capped at this layer now: count the positions so later records line up
+            self.log.advance(layer, before.shape[-1])
+        else:
+            self.log.record(layer, tau, self.version, before.detach(), delta.detach())
+
+    def attach(self, model: nn.Module, layers_path: str | None = None) -> Handle:
+        """Register the hooks on ``model``; ``.remove()`` on the result takes them all off."""
+        blocks = find_decoder_layers(model, layers_path)
+        if len(blocks) != self.n_layers:
+            raise InterventionError(f"row controls are for {self.n_layers} layers, the model has {len(blocks)}")
+        wanted = set(self.layers) if (self.cap_u is not None or self.steer_v is not None) else set()
+        wanted |= {x for x in (self.monitor_layer, self.capture_layer) if x is not None}
+        handle = Handle(model)
+        try:
+            for layer in sorted(wanted):
+                # the same function objects at every attach: a compiled step traced through them stays valid
+                if layer not in self._hooks:
+                    self._hooks[layer] = self._hook(layer)
+                handle.handles.append(blocks[layer].register_forward_hook(self._hooks[layer]))
+        except BaseException:
+            handle.remove()
+            raise
+        return handle
+
+    def readouts(self) -> Readouts:
+        """This step's readouts, copied to the CPU in one transfer."""
+        parts = [self.before, self.delta, self.monitor[:, None]]
+        flat = torch.cat(parts, dim=1).cpu()
+        n = self.n_layers
+        return Readouts(flat[:, :n], flat[:, n : 2 * n], flat[:, 2 * n] if self.monitor_u is not None else None)
+
+    def capture_mean(self) -> torch.Tensor:
+        """``(rows, hidden)`` float32 mean of the captured activations (zero for a row that captured nothing)."""
+        return (self.capture_sum / self.capture_count.clamp_min(1.0)[:, None]).float().cpu()

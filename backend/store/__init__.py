@@ -1,0 +1,1 @@
+"""Built persona spaces on disk: writing and loading them, and what `info` reports."""

@@ -1,0 +1,73 @@
+"""How the worker answers an error: one JSON shape, ``{"error": <message a person can read>, "detail": ...}``,
+and which status each kind of failure gets (422 invalid request or controls, 409 conflict, 400 refused input,
+404 unknown session, 503 database unusable, 500 anything unexpected)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.errors import PersonaSpaceError
+from backend.worker.jobs import Conflict, ControlError
+
+log = logging.getLogger("persona_space.worker")
+
+
+def problem(status: int, error: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Install the worker's exception handlers on ``app``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
+        return problem(
+            422,
+            "invalid request: " + "; ".join(parts),
+            [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()],
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ControlError)
+    async def control_error(request: Request, exc: ControlError) -> JSONResponse:
+        return problem(422, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return problem(409, str(exc))
+
+    @app.exception_handler(PersonaSpaceError)
+    async def domain_error(request: Request, exc: PersonaSpaceError) -> JSONResponse:
+        return problem(400, str(exc))
+
+    @app.exception_handler(KeyError)
+    async def missing(request: Request, exc: KeyError) -> JSONResponse:
+        return problem(404, f"no session {exc.args[0] if exc.args else ''} (it may have been deleted)")
+
+    @app.exception_handler(sqlite3.IntegrityError)
+    async def changed(request: Request, exc: sqlite3.IntegrityError) -> JSONResponse:
+        return problem(409, "the session changed while this request ran (was it deleted?)")
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def unwritable(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        log.error("database error on %s: %s", request.url.path, exc)
+        return problem(503, f"the sessions database cannot be used right now ({exc}); retry later")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return problem(500, f"internal error: {type(exc).__name__}")

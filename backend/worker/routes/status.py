@@ -1,0 +1,74 @@
+"""What the worker is and has loaded: ``GET /health``, ``GET /space``, and ``POST /project`` (a transcript read with
+the loaded model)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query
+
+from backend.kernels import int8_linear
+from backend.worker.state import State
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health(state: State) -> dict[str, Any]:
+    engine = state.engine
+    # a failed write marks the database; otherwise look at most every 5 s (a real write, rolled back)
+    if state.db.write_error or time.time() - state.probed > 5:
+        state.probed = time.time()
+        degraded = state.db.probe()
+    else:
+        degraded = None
+    ready = engine is not None and engine.ready.is_set() and state.error is None and degraded is None
+    status = "failed" if state.error else "degraded" if degraded else "ready" if ready else state.status
+    out: dict[str, Any] = {
+        "ready": ready, "status": status, "error": state.error or degraded, "degraded": degraded,
+        "model": state.model_spec, "space": state.space_path, "uptime_s": round(time.time() - state.started, 1),
+    }  # fmt: skip
+    out["phase"] = engine.placement.phase if ready and engine is not None else out["status"]  # "building the map"
+    if engine is not None:
+        out.update(
+            device=engine.loaded.info.device,
+            model_name=engine.loaded.info.name,
+            queue_length=engine.queue_length(),
+            running_turn=job.turn_id if (job := engine.running) is not None else None,
+            tokens_generated=engine.tokens_generated,
+            decode_step=engine.compile_state,
+            precision="int8" if int8_linear.installed(engine.loaded.model) else engine.loaded.info.dtype,
+        )
+    return out
+
+
+@router.get("/space")
+def space(state: State, layer: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
+    engine = state.need_engine()
+    chosen = engine.target if layer is None else layer
+    if chosen >= engine.n_layers:
+        raise HTTPException(
+            status_code=422, detail=f"layer {chosen} is out of range: the model has layers 0..{engine.n_layers - 1}"
+        )
+    if chosen not in state.space_cache:
+        from backend.view.space import SpaceViewError, read_space, summary
+
+        try:
+            state.space_cache[chosen] = summary(read_space(engine.space.path), chosen)
+        except SpaceViewError as exc:  # the space's files changed on disk since the worker started
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
+    return state.space_cache[chosen]
+
+
+@router.post("/project")
+def project(
+    state: State,
+    body: Annotated[Any, Body(description="a conversation: an OpenAI-style message list or the paper's transcript JSON")],
+    layer: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+    window: Annotated[int | None, Query(ge=16, le=1_000_000, description="read in windows of at most N tokens")] = None,
+    history: Annotated[float, Query(ge=0, le=1, description="share of a window kept as history when it moves")] = 0.5,
+    tokens: Annotated[bool, Query(description="add each assistant token's projection and text")] = False,
+) -> dict[str, Any]:
+    engine = state.need_engine()
+    return engine.project(body, layer, window=window, history=history, tokens=tokens)

@@ -1,0 +1,223 @@
+"""One job on the decode engine: a turn, or both columns of a comparison as one batch of two rows.
+
+The job's conversation is rebuilt from the database (:func:`history`), each row gets its prompt and a generator
+seeded from the session's seed and the user turn's number, and the rows run on a compiled step of the engine when
+one fits (its spare rows are twins of the first, capped nowhere) or eagerly on a :class:`backend.decode.engine.Decoder`.
+At the start of every step a pending control change of the session is applied in place to the rows' floors and
+steering (it acts on the forward pass over the next token) and recorded as ``controls_applied``; every token is
+written with its event as it is produced, and each row's turn ends with its summary and its place in the space.
+
+Runs on the engine's generation thread only, with the model lock held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from backend.decode.engine import Decoder
+from backend.hooks.rows import Readouts, RowControls
+from backend.maths.sampling import choose_token
+from backend.models.chat import Message, encode_prompt
+from backend.worker.db import Database
+from backend.worker.jobs import Job
+from backend.worker.schemas import MAX_NEW_TOKENS, Controls
+from backend.worker.token_event import token_event
+
+if TYPE_CHECKING:
+    from backend.worker.engine import Engine
+
+log = logging.getLogger("persona_space.worker")
+
+
+@dataclass
+class Row:
+    """One row of a batch: a turn being generated."""
+
+    job: Job
+    prompt: list[int]
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    status: str | None = None  # None while generating
+
+
+def history(db: Database, job: Job) -> list[Message]:
+    """The conversation ``job`` replies to: earlier exchanges that have a reply, then the job's user turn."""
+    turns = [t for t in db.turns(job.session_id) if t["id"] < job.turn_id]
+    # A compared exchange continues each column with its own reply; a single reply after a comparison takes the
+    # column that matches the session's cap setting.
+    session = db.session(job.session_id) or {"controls": {}}
+    preferred = job.variant if job.variant != "single" else ("capped" if session["controls"].get("cap_enabled") else "uncapped")
+    replies: dict[int, str] = {}
+    for t in turns:
+        if t["role"] == "assistant" and t["content"] and t["variant"] in ("single", preferred):
+            replies.setdefault(t["reply_to"], t["content"])
+    messages: list[Message] = []
+    for t in turns:
+        if t["role"] != "user":
+            continue
+        if t["id"] == job.user_turn:
+            messages.append({"role": "user", "content": t["content"]})
+            break
+        if t["id"] in replies:  # a user turn without a reply (undone, failed) is left out
+            messages.append({"role": "user", "content": t["content"]})
+            messages.append({"role": "assistant", "content": replies[t["id"]]})
+    return messages
+
+
+@torch.inference_mode()
+def run_turn(engine: Engine, job: Job) -> None:
+    """Generate one turn, or both columns of a comparison as one batch (the cap on the capped row only)."""
+    jobs = [job] + ([job.partner] if job.partner is not None else [])
+    try:
+        _run_rows(engine, job, jobs)
+    except Exception as exc:  # the loop marks ``job`` failed; its partner must not stay "running" forever
+        for other in jobs[1:]:
+            engine.db.finish_turn(other.turn_id, "error", {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _apply(engine: Engine, rows: RowControls, turns: list[Row], controls: Controls) -> None:
+    """Overwrite the rows' cap floors and steering in place: applies to the next forward pass."""
+    for i, row in enumerate(turns):
+        record = engine.cap_record(controls, row.job.variant)
+        rows.set_cap(i, dict(record.thresholds) if record is not None else None)
+        start, stop = controls.steer_layers or (engine.target, engine.target + 1)
+        rows.set_steer(i, float(controls.steer_coefficient), range(start, stop))
+
+
+def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
+    db = engine.db
+    with engine.cond:  # atomic with patch_controls: the stored controls are the newest, pending ones are older
+        engine.pending.pop(job.session_id, None)
+        session = db.session(job.session_id)
+    if session is None or job.stop.is_set():  # deleted or stopped while queued
+        return
+    controls = engine.validate_controls(Controls(**session["controls"]))
+    version = int(session["controls_version"])
+    tokenizer = engine.loaded.tokenizer
+    rows: list[Row] = []
+    for each in jobs:
+        messages = history(db, each)
+        prompt = encode_prompt(tokenizer, session["system"], messages)
+        if len(prompt) + controls.max_new_tokens > engine.max_context:
+            db.finish_turn(
+                each.turn_id, "error",
+                {"error": f"the conversation is too long: {len(prompt)} prompt tokens + {controls.max_new_tokens} "
+                 f"new exceed the model's context of {engine.max_context}; start a new session or undo turns"},
+            )  # fmt: skip
+            continue
+        if not db.start_turn(each.turn_id, {"variant": each.variant, "prompt_tokens": len(prompt), "controls_version": version}):
+            continue  # stopped in the meantime
+        # Same seed + same conversation => same sampling, in any session, for both columns of a comparison.
+        user_index = sum(1 for m in messages if m["role"] == "user")
+        generator = torch.Generator().manual_seed(int(controls.seed) * 1_000_003 + user_index)
+        rows.append(Row(each, prompt, generator))
+    if not rows:
+        return
+    longest = max(len(r.prompt) for r in rows)
+    prompts = [r.prompt for r in rows]
+    fitting = [c for c in engine.compiled if c.fits(len(rows), longest + controls.max_new_tokens)]
+    compiled = min(fitting, key=lambda c: (c.capacity, c.rows)) if fitting else None
+    attached: contextlib.AbstractContextManager[Any]
+    loaded = engine.loaded
+    if compiled is not None:  # a compiled step's fixed batch: twins of the first row fill it (if any), capped nowhere
+        live, decoder, attached = compiled.controls, compiled.decoder(), contextlib.nullcontext()
+        twins = compiled.rows - len(rows)
+        for k in range(len(rows), compiled.rows):
+            live.set_cap(k, None)
+            live.set_steer(k, 0.0)
+        new_tokens = compiled.capacity - longest
+    else:
+        live = engine.row_controls(len(rows))
+        decoder = Decoder(loaded.model, live, layers_path=loaded.info.layers_path, pad_id=engine.pad_id)
+        attached, twins = live.attach(loaded.model, loaded.info.layers_path), 0
+        new_tokens = min(engine.max_context, longest + MAX_NEW_TOKENS) - longest
+    _apply(engine, live, rows, controls)
+    started = time.time()
+    with attached:
+        logits = decoder.start(prompts + [prompts[0]] * twins, new_tokens)
+        index = -1
+        while any(r.status is None for r in rows):
+            index += 1
+            if any(j.stop.is_set() for j in jobs):
+                _end(engine, rows, live, "stopped", "stopped by the user", version, started)
+                break
+            pending = engine.take_pending(job.session_id)
+            if pending is not None:
+                controls, version = pending[0], pending[1]
+                _apply(engine, live, rows, controls)
+                for r in rows:
+                    if r.status is None:
+                        db.event(
+                            r.job.session_id, r.job.turn_id, "controls_applied",
+                            {"turn": r.job.turn_id, "controls_version": version, "from_token": index},
+                        )  # fmt: skip
+            limit = min(controls.max_new_tokens, decoder.capacity - longest)
+            fed: list[int] = []
+            for i, r in enumerate(rows):
+                if r.status is None and index >= min(limit, engine.max_context - len(r.prompt)):
+                    _end(engine, [r], live, "done", "max_new_tokens reached", version, started, i)
+                if r.status is None:
+                    token = choose_token(
+                        logits[i], greedy=controls.greedy, temperature=controls.temperature, top_p=controls.top_p,
+                        penalty=controls.repetition_penalty, previous=r.tokens, generator=r.generator,
+                    )  # fmt: skip
+                    if token in engine.stop_ids:
+                        _end(engine, [r], live, "done", "end of turn", version, started, i)
+                live.set_active(i, r.status is None)
+                fed.append(token if r.status is None else engine.pad_id)
+            if all(r.status is not None for r in rows):
+                break
+            logits = decoder.step(fed + [fed[0]] * twins)
+            readouts = live.readouts()
+            for i, r in enumerate(rows):
+                if r.status is None:
+                    _emit(engine, r, i, fed[i], index, live, readouts, version)
+    _end(engine, rows, live, "done", "end of turn", version, started)
+
+
+def _emit(engine: Engine, r: Row, i: int, token: int, index: int, live: RowControls, readouts: Readouts, version: int) -> None:
+    r.tokens.append(token)
+    full = engine.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)
+    piece = full[len(r.text) :] if not full.endswith("\ufffd") else ""
+    if piece:
+        r.text = full
+    data = token_event(r.job.turn_id, index, token, piece, readouts, i, live.cap_taus[i], engine.target, version, r.job.variant)
+    engine.db.append_token(r.job.session_id, r.job.turn_id, piece, data)
+    engine.tokens_generated += 1
+
+
+def _end(
+    engine: Engine, rows: list[Row], live: RowControls, status: str, reason: str, version: int, started: float,
+    index: int | None = None,
+) -> None:  # fmt: skip
+    """Finish the turns of ``rows`` still running (``index``: the row's index in the batch when ``rows`` is one)."""
+    for k, r in enumerate(rows):
+        if r.status is not None:
+            continue
+        i = index if index is not None else k
+        r.status = status
+        live.set_active(i, False)
+        summary: dict[str, Any] = {
+            "variant": r.job.variant, "reason": reason, "n_tokens": len(r.tokens),
+            "seconds": round(time.time() - started, 3), "controls_version": version,
+        }  # fmt: skip
+        if r.tokens:
+            mean = live.capture_mean()[i]
+            try:
+                summary.update(engine.placement.place(mean))
+                summary["mean_projection"] = summary.pop("projection")
+            except Exception as exc:  # the reply stands even if it cannot be placed in the space
+                log.exception("placing turn %s failed", r.job.turn_id)
+                axis = engine.axis[engine.target]
+                summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
+                summary["placement_error"] = f"{type(exc).__name__}: {exc}"
+        final = engine.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)
+        engine.db.finish_turn(r.job.turn_id, status, summary, content=final)
