@@ -1,5 +1,6 @@
 # Persona Space. `make run` sets up and starts the app on the embedded default model; `make test` sets up and
-# runs every check (lint, type-check, tests). Both create or update the virtual environment in .venv.
+# runs every check (lint, type-check, import contract, tests); `make check` is lint and the unit tests. All of them
+# create or update the virtual environment in .venv.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Debian's Chromium drives the browser tests (Playwright uses it; it never downloads a browser).
 APT_PACKAGES := chromium
 
-.PHONY: setup test-deps run test lint bench clean
+.PHONY: setup test-deps run test check lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +39,13 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Everything: lint, then the unit, integration (real worker processes, the embedded model) and browser tests.
 test: lint test-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests
+
+# The quick gate while editing: lint and the unit tests (tiny random models, no worker process, no browser).
+check: lint
+	$(PY) -m pytest -q tests/unit
 
 bench: setup
 	$(PY) bench/hooks.py --quick

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.view.space import read_space
-from tests.browser import Servers, launch_browser
+from tests.helpers.browser import Servers, launch_browser
 
 SHIPPED = Path(__file__).resolve().parents[1] / "cached_activations" / "smollm2-135m"
 

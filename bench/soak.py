@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.worker_harness import Worker, big_export
+from tests.helpers.worker_harness import Worker, big_export
 
 HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
     ("POST", "/sessions", '{"controls": {"cap_threshold": 1e300}}', {}),

@@ -29,7 +29,7 @@ from backend.store.space import load_space
 from backend.worker.db import Database
 from backend.worker.engine import Engine
 from backend.worker.schemas import Controls
-from tests.worker_harness import Worker
+from tests.helpers.worker_harness import Worker
 
 PROMPTS = ["Tell me about the history of bread.", "How do volcanoes form?", "Describe your ideal weekend."]
 

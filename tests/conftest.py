@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+
+from tests.helpers.chat_server import Reply, Seen, Server
 
 # Tests never reach a model hub: everything comes from packages or is built from a config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny import ARCHITECTURES, tiny_model
+from tests.helpers.tiny import ARCHITECTURES, tiny_model
 
 
 @pytest.fixture(scope="session", params=ARCHITECTURES)
@@ -47,7 +54,7 @@ def smol_tokenizer():  # type: ignore[no-untyped-def]
 def tiny_chat(smol_tokenizer):  # type: ignore[no-untyped-def]
     """A tiny random Llama with the embedded model's tokenizer: a chat model for plumbing tests."""
     from backend.models.loading import LoadedModel, describe
-    from tests.tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
 
     model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
     model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
@@ -65,7 +72,7 @@ def tiny_world(tmp_path_factory, smol_tokenizer):  # type: ignore[no-untyped-def
     from backend.build.settings import BuildSettings
     from backend.catalogue import load_catalogue
     from backend.models.loading import load_model
-    from tests.tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
 
     root = tmp_path_factory.mktemp("tiny_world")
     model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
@@ -84,10 +91,56 @@ def tiny_world(tmp_path_factory, smol_tokenizer):  # type: ignore[no-untyped-def
 @pytest.fixture(scope="session")
 def worker(tiny_world):  # type: ignore[no-untyped-def]
     """A real worker process serving the tiny model and its space."""
-    from tests.worker_harness import Worker
+    from tests.helpers.worker_harness import Worker
 
     model, space, root = tiny_world
     w = Worker(model, space, root / "worker.sqlite3")
     w.wait_ready()
     yield w
     w.close()
+
+
+@pytest.fixture
+def tiny_space(tiny_world, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PERSONA_SPACE_SPACE", str(tiny_world[1]))
+    return tiny_world[1]
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state: list[Server] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            srv = state[0]
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            with srv.lock:
+                n = len(srv.seen)
+                srv.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            reply: Reply = (404, {}, {"error": {"message": f"no route {self.path}"}})
+            if self.path == "/v1/chat/completions":
+                reply = srv.respond(body, n)
+            status, headers, payload = reply
+            data = (json.dumps(payload) if not isinstance(payload, str) else payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state.append(Server(f"http://127.0.0.1:{httpd.server_address[1]}/v1"))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield state[0]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

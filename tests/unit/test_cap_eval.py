@@ -18,8 +18,9 @@ from backend.judges.embedding import Judged
 from backend.maths.divergence import kl_per_position
 from backend.store.space import Space
 from backend.view.frontier import pareto_front, recommend
-from tests.test_app import page, tiny_space  # noqa: F401  (the app tests' fixture)
-from tests.test_llm_judge import Server, ok, server  # noqa: F401  (the OpenAI-compatible judge's test server)
+from tests.helpers.app_pages import page
+from tests.helpers.cap_report import REPORT, TABLE
+from tests.helpers.chat_server import Server, ok
 
 N_LAYERS, HIDDEN = 4, 32
 
@@ -94,16 +95,6 @@ def test_kl_oracles() -> None:
     assert float(kl_per_position(p, q)) == pytest.approx(expected)
 
 
-TABLE = [
-    {"setting": "uncapped", "percentile": None, "kl": 0.0, "adoption": 0.60},
-    {"setting": "p25", "percentile": 25.0, "kl": 0.01, "adoption": 0.55},
-    {"setting": "p50", "percentile": 50.0, "kl": 0.03, "adoption": 0.40},
-    {"setting": "p50w", "percentile": 50.0, "kl": 0.04, "adoption": 0.45},  # dominated by p50
-    {"setting": "p75", "percentile": 75.0, "kl": 0.08, "adoption": 0.20},
-    {"setting": "p90", "percentile": 90.0, "kl": 0.20, "adoption": 0.20},  # dominated by p75 (same adoption, more KL)
-]
-
-
 def test_frontier_on_a_fixed_table() -> None:
     front = pareto_front([(r["kl"], r["adoption"]) for r in TABLE])
     assert [r["setting"] for r, f in zip(TABLE, front, strict=True) if f] == ["uncapped", "p25", "p50", "p75"]
@@ -144,38 +135,10 @@ def test_resume_gives_identical_results(tiny_chat, tmp_path) -> None:  # type: i
         run_eval(tiny_chat, space, attacks, benign, settings, part, **dict(kw, max_new_tokens=6))
 
 
-def test_end_to_end_on_the_embedded_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from backend.cli import main
-
-    out = tmp_path / "eval"
-    args = ["evaluate-cap", "--limit", "2", "--benign-per-kind", "1", "--percentiles", "75", "--max-new-tokens", "8"]
-    assert main([*args, "--out", str(out)]) == 0
-    for name in ("report.json", "settings.csv", "report.html", "results.jsonl"):
-        assert (out / name).stat().st_size > 0
-    report = json.loads((out / "report.json").read_text())
-    assert [r["setting"] for r in report["settings"]] == ["uncapped", "p75@21:27"]
-    html = (out / "report.html").read_text()
-    assert "<script src=" not in html and "Plotly.newPlot" in html  # plotly.js inline: the report works offline
-    assert report["settings"][0]["kl"] == 0.0 and report["settings"][1]["kl"] > 0
-
-
-REPORT = {
-    "model": "tiny", "space": "tiny-space", "judge": "hash", "n_attack": 2, "n_benign": 2, "max_new_tokens": 5,
-    "settings": [
-        dict(r, window=None if r["setting"] == "uncapped" else [2, 4], refusal=0.0, moved_mean=0.1, changed=0.5,
-             attack_projection=1.0, frontier=True)
-        for r in TABLE
-    ],
-    "recommendation": recommend(TABLE, 0.05),
-    "examples": [{"group": "attack", "which": "most", "item": "a1", "kind": "drop_role", "setting": "p75", "prompt": "Be a pirate.",
-                  "uncapped": "Arr!", "capped": "I am an assistant."}],
-}  # fmt: skip
-
-
 @pytest.mark.usefixtures("tiny_space")
 def test_cap_tuning_page_loads_a_setting_into_the_live_chat(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from app.chat_view import PICK_KEY
-    from tests.fake_client import FakeClient
+    from tests.helpers.fake_client import FakeClient
 
     monkeypatch.setenv("PERSONA_SPACE_CAP_REPORTS", str(tmp_path))
     at = page("cap_tuning").run()
@@ -227,30 +190,7 @@ def test_preset_goes_into_the_manifest_and_old_manifests_still_load(tiny_world, 
     assert "cap_preset" in str(check_manifest(bad))
 
 
-def test_a_worker_on_a_space_with_a_preset_starts_sessions_with_it(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import shutil
-
-    from backend.view.cap_preset import write_preset
-    from tests.worker_harness import Worker
-
-    folder = tmp_path / "space"
-    shutil.copytree(tiny_world[1], folder)
-    write_preset(folder, REPORT)  # p50 on layers [2, 4)
-    w = Worker(tiny_world[0], folder, tmp_path / "preset.sqlite3")
-    try:
-        w.wait_ready()
-        made = w.client.post("/sessions", json={})
-        assert made.status_code in (200, 201), made.text
-        controls = w.client.get(f"/sessions/{made.json()['id']}").json()["controls"]
-        assert controls["cap_percentile"] == 50.0 and controls["cap_layers"] == [2, 4]
-        # a session that asks for its own cap keeps it
-        sid = w.session(controls={"cap_percentile": 90.0})
-        assert w.client.get(f"/sessions/{sid}").json()["controls"]["cap_percentile"] == 90.0
-    finally:
-        w.close()
-
-
-def test_the_openai_judge_decides_adoption(tiny_chat, server: Server, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_the_openai_judge_decides_adoption(tiny_chat, server: Server, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """``--judge openai``: the existing OpenAI-compatible judge, on its test server, scores every attack reply for the
     persona its item pushes; here the server says 3 (fully in role) for the pirate and 0 for anything else."""
     from backend.catalogue import load_catalogue

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker_harness import ROOT, Worker, big_export
+from tests.helpers.worker_harness import ROOT, Worker, big_export
 
 MiB = 2**20
 

@@ -35,7 +35,7 @@ from backend.models.loading import load_model
 from backend.reading.transcripts import TranscriptError, read_transcripts
 from backend.store.space import load_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("pirate", "librarian", "ghost", "accountant", "poet")
 SETTINGS = BuildSettings(
     prompts_per_role=2, questions_per_role=2, default_questions=2, max_new_tokens=6, batch_size=2,
@@ -71,7 +71,7 @@ def cluster():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, smol_tokenizer) -> str:  # type: ignore[no-untyped-def]
     """A tiny random chat model saved as a model folder: what every actor loads."""
-    from tests.tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
 
     folder = tmp_path_factory.mktemp("ray_model") / "model"
     model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))

@@ -15,7 +15,8 @@ from backend.evaluation.drift import load_scenario, load_scenarios, run_drift
 from backend.models.loading import load_model
 from backend.reading.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcript
 from backend.store.space import load_space
-from tests.worker_harness import ROOT
+from tests.helpers.spans import independent_spans
+from tests.helpers.worker_harness import ROOT
 
 CONVERSATION = [
     {"role": "user", "content": "Hi, can you help me plan a garden?"},
@@ -30,19 +31,6 @@ def world(tiny_world):  # type: ignore[no-untyped-def]
     model, space, root = tiny_world
     loaded = load_model(model)
     return loaded, load_space(space, fingerprint=loaded.info.fingerprint), root
-
-
-def independent_spans(tokenizer, conversation):  # type: ignore[no-untyped-def]
-    """Each assistant turn's content tokens found without offsets: the prompt that precedes the turn (the chat
-    template's own tokenization, generation prompt included) gives the start, the content tokenized alone the end."""
-    spans = []
-    for k, message in enumerate(conversation):
-        if message["role"] == "assistant":
-            start = len(
-                tokenizer.apply_chat_template(conversation[:k], add_generation_prompt=True, tokenize=True, return_dict=False)
-            )
-            spans.append((start, start + len(tokenizer(message["content"], add_special_tokens=False)["input_ids"])))
-    return spans
 
 
 def test_projection_equals_mean_of_token_activations(world) -> None:  # type: ignore[no-untyped-def]
@@ -131,28 +119,6 @@ def test_too_long_for_the_context_is_refused_not_truncated(world) -> None:  # ty
         project_transcript(loaded, space, parse_transcript(long), allow_window=False)
 
 
-def test_cli_project_transcript_json(tiny_world, world, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    model, space, _ = tiny_world
-    (tmp_path / "t.json").write_text(json.dumps({"model": "m", "turns": 1, "conversation": CONVERSATION}))
-    done = subprocess.run(
-        [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "t.json"), "--model", model, "--space", str(space), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = project_transcript(world[0], world[1], parse_transcript(CONVERSATION))
-    assert result["transcript_model"] == "m" and result["layer"] == expected["layer"] == 2
-    assert [t["message_index"] for t in result["turns"]] == [1, 3]
-    for got, want in zip(result["turns"], expected["turns"], strict=True):
-        assert got["n_tokens"] == want["n_tokens"] and got["projection"] == pytest.approx(want["projection"], rel=1e-5, abs=1e-6)
-        assert [n["name"] for n in got["nearest"]] == [n["name"] for n in want["nearest"]]
-    bad = subprocess.run(
-        [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "missing.json"), "--model", model, "--space", str(space)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
-
-
 def test_shipped_scenarios_are_valid() -> None:
     scenarios = load_scenarios()
     assert {s.domain for s in scenarios} >= {"coding", "writing", "vulnerable", "self_nature"}
@@ -203,3 +169,25 @@ def test_n_assistant_counts_assistant_messages_only() -> None:
     assert parse_transcript(three_users).n_assistant == 2
     assert parse_transcript(CONVERSATION[:2]).n_assistant == 1
     assert parse_transcript([{"role": "system", "content": "s"}, *CONVERSATION[:3]]).n_assistant == 1
+
+
+def test_cli_project_transcript_json(tiny_world, world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, space, _ = tiny_world
+    (tmp_path / "t.json").write_text(json.dumps({"model": "m", "turns": 1, "conversation": CONVERSATION}))
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "t.json"), "--model", model, "--space", str(space), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = project_transcript(world[0], world[1], parse_transcript(CONVERSATION))
+    assert result["transcript_model"] == "m" and result["layer"] == expected["layer"] == 2
+    assert [t["message_index"] for t in result["turns"]] == [1, 3]
+    for got, want in zip(result["turns"], expected["turns"], strict=True):
+        assert got["n_tokens"] == want["n_tokens"] and got["projection"] == pytest.approx(want["projection"], rel=1e-5, abs=1e-6)
+        assert [n["name"] for n in got["nearest"]] == [n["name"] for n in want["nearest"]]
+    bad = subprocess.run(
+        [sys.executable, "-m", "backend", "project-transcript", str(tmp_path / "missing.json"), "--model", model, "--space", str(space)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -15,6 +15,7 @@ from backend.hooks.interventions import Cap, intervene
 from backend.hooks.readers import Capture, Monitor
 from backend.models.chat import ChatTemplateError, build_messages, encode_conversation, encode_prompt, template_quirks
 from backend.models.loading import SOURCE_RECORD, load_model
+from tests.helpers.decode_oracle import assert_same, eager_reference, engine_rows
 
 
 def test_loads_offline_and_describes_itself(smollm) -> None:  # type: ignore[no-untyped-def]
@@ -173,3 +174,25 @@ def test_generate_reply_on_the_decode_engine_equals_hf_generate(smollm) -> None:
     stop = threading.Event()
     stop.set()
     assert generate_reply(smollm, turns, stop=stop)[1] == []
+
+
+def test_the_embedded_default_decodes_as_the_eager_hooks_do(smollm) -> None:  # type: ignore[no-untyped-def]
+    """SmolLM2-135M, float32 greedy: one capped and steered row, then a compare pair (row 0 capped, row 1 not, of
+    different lengths) with the cap raised mid-stream, each row equal to the eager hooks' run of its prompt alone
+    (readouts to 1e-4: readings of ~10 in float32, summed in another order by the few-row products)."""
+    from backend.models.chat import encode_prompt
+
+    model, tok = smollm.model, smollm.tokenizer
+    long = encode_prompt(tok, None, [{"role": "user", "content": "Describe a lighthouse keeper's morning."}])
+    short = encode_prompt(tok, None, [{"role": "user", "content": "Hi!"}])
+    caps, steer = {1: 0.5, 2: 0.0, 3: 1.0}, (-1.0, [1])
+    ref = eager_reference(model, long, 12, caps=caps, steer=steer)
+    assert len(ref[0]) == 12  # no early stop: all twelve tokens are compared
+    assert_same(ref, tuple(x[0] for x in engine_rows(model, [long], 12, [caps], [steer])), tol=1e-4)
+    change = (5, [{1: 3.0, 2: 3.0, 3: 3.0}, None])
+    got = engine_rows(model, [long, short], 12, [{2: 0.0}, None], change=change)
+    for i, prompt in enumerate((long, short)):
+        start = {2: 0.0} if i == 0 else None
+        assert_same(
+            eager_reference(model, prompt, 12, caps=start, change=(5, change[1][i] or {})), tuple(x[i] for x in got), tol=1e-4
+        )

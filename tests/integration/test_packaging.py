@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = (
     "model-info", "chat", "build", "rebuild", "import-paper-vectors", "serve", "project-transcript", "drift",
     "evaluate-cap", "info",

@@ -31,14 +31,14 @@ from backend.cli import build_parser
 from backend.errors import PersonaSpaceError
 from backend.models.chat import encode_prompt, render_prompt
 from backend.store.space import load_space
-from tests.completions_server import MODEL_ID, completion_text
+from tests.helpers.completions_server import MODEL_ID, completion_text
 
 ROLES = ("pirate", "librarian", "ghost", "accountant", "poet")
 SETTINGS = BuildSettings(
     prompts_per_role=1, questions_per_role=2, default_questions=2, max_new_tokens=12, batch_size=4,
     judge="none", min_in_role=1, roles=ROLES, umap_neighbors=3, generator="openai", generator_urls=("http://replaced.invalid/v1",),
 )  # fmt: skip
-SERVER_SCRIPT = Path(__file__).with_name("completions_server.py")
+SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "helpers" / "completions_server.py"
 
 
 class StandIn:
@@ -301,7 +301,7 @@ def test_the_readme_vllm_command_parses_and_ray_is_refused(capsys) -> None:  # t
 
     from backend import cli
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text[text.index("## Building for a large model") : text.index("## The shipped space")]
     recipe = re.search(r'RECIPE="([^"]+)"', section)
     assert recipe is not None

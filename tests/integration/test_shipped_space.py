@@ -13,7 +13,7 @@ from backend.catalogue import load_catalogue
 from backend.store.info import space_info
 from backend.store.space import REQUIRED_TENSORS, load_space
 from backend.view.space import read_space, summary
-from tests.worker_harness import ROOT, Worker
+from tests.helpers.worker_harness import ROOT, Worker
 
 SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
 

@@ -13,7 +13,7 @@ from backend.hooks.readers import Capture, Monitor
 from backend.maths.axis import project
 from backend.maths.edits import steering_vector
 from backend.models.layers import block_output, find_decoder_layers
-from tests.tiny import random_ids, tiny_model
+from tests.helpers.tiny import random_ids, tiny_model
 
 
 def hook_count(model) -> int:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from backend.models.loading import load_model
 from backend.reading.transcripts import TranscriptError, parse_transcript, project_transcript, read_transcripts
 from backend.reading.windows import Layout, WindowError, plan_windows
 from backend.store.space import load_space
-from tests.worker_harness import ROOT
+from tests.helpers.worker_harness import ROOT
 
 
 def conversation(exchanges: int, seed: int = 0, words: tuple[int, int] = (4, 30)) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from backend.decode.engine import Decoder, generate_rows
 from backend.kernels import small_batch
-from tests.tiny import random_ids, tiny_model
+from tests.helpers.tiny import random_ids, tiny_model
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 9, 40])

@@ -11,7 +11,7 @@ from backend.decode.engine import Decoder, generate_rows
 from backend.errors import PersonaSpaceError
 from backend.hooks.rows import RowControls
 from backend.kernels import int8_linear, small_batch
-from tests.tiny import random_ids, tiny_model
+from tests.helpers.tiny import random_ids, tiny_model
 
 
 def test_quantized_weights_round_each_row_to_its_own_scale() -> None:

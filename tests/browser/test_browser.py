@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from backend.view.space import read_space
-from tests.browser import NetworkLog, Servers, launch_browser, screenshot, trace
-from tests.worker_harness import ROOT
+from tests.helpers.browser import NetworkLog, Servers, launch_browser, screenshot, trace
+from tests.helpers.worker_harness import ROOT
 
 SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
 

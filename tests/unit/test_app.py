@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from app.charts import turn_chart
 from app.conversation import Conversation, apply_events
@@ -20,27 +18,9 @@ from app.live_charts import control_changes, describe_change, live_token_figure,
 from app.space_charts import caption, coordinates_csv, persona_map, ranking_rows
 from app.transcript_sets import overlay_chart, split_upload, summary_rows, token_strip
 from app.ui import plain
-from tests.fake_client import FakeClient
-from tests.worker_harness import ROOT
-
-VIEWS = ROOT / "app" / "views"
-
-
-@pytest.fixture
-def tiny_space(tiny_world, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("PERSONA_SPACE_SPACE", str(tiny_world[1]))
-    return tiny_world[1]
-
-
-def page(name: str, client: object | None = None) -> AppTest:
-    at = AppTest.from_file(str(VIEWS / f"{name}.py"), default_timeout=60)
-    if client is not None:
-        at.session_state["_client"] = client
-    return at
-
-
-def texts(at: AppTest) -> str:
-    return "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+from tests.helpers.app_pages import page, texts
+from tests.helpers.fake_client import FakeClient
+from tests.helpers.worker_harness import ROOT
 
 
 def test_space_page_switches_layouts_layers_and_highlights(tiny_space) -> None:  # type: ignore[no-untyped-def]
@@ -186,24 +166,6 @@ def test_repetition_penalty_is_offered_only_when_the_worker_has_it(tiny_space) -
     assert demo.slider(key="demo_rep").value == 1.15 and not demo.exception
     old = page("chat", FakeClient()).run()
     assert not [s for s in old.slider if s.key == "chat_rep"]  # an older worker: no slider, nothing it would refuse
-
-
-def test_chat_page_against_the_real_worker(worker, tiny_space, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("PERSONA_SPACE_WORKER_URL", worker.url)
-    from app.client import WorkerClient
-
-    at = page("chat", WorkerClient(worker.url)).run()
-    assert not at.exception, at.exception
-    at.slider(key="chat_max").set_value(16).run()
-    at.chat_input(key="chat_input").set_value("Hello, who are you?").run()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        at.run()
-        if any("projection" in c.value and "nearest" in c.value for c in at.caption):
-            break
-        time.sleep(0.3)
-    assert any("projection" in c.value and "nearest" in c.value for c in at.caption)
-    assert not at.exception
 
 
 def test_figures_hold_the_data() -> None:

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tests.conftest import WORLD_ROLES as ROLES
-from tests.worker_harness import ROOT, Worker
+from tests.helpers.worker_harness import ROOT, Worker
 
 JOKE = [  # a two-exchange conversation for the /project tests
     {"role": "user", "content": "Hello"},
@@ -444,7 +444,7 @@ def test_projection_values_match_an_independent_oracle(worker, tiny_world) -> No
 
     from backend.models.loading import load_model
     from backend.store.space import load_space
-    from tests.test_drift import independent_spans
+    from tests.helpers.spans import independent_spans
 
     conversation = JOKE
     r = worker.client.post("/project", json={"model": "x", "turns": 9, "conversation": conversation})

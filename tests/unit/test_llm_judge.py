@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,35 +13,12 @@ import pytest
 from backend.catalogue import Archetype
 from backend.errors import PersonaSpaceError
 from backend.judges.llm import RUBRIC, JudgeError, OpenAIJudge, RateLimiter, parse_score
+from tests.helpers.chat_server import Reply, Server, ok
 
 ARCHETYPES = (
     Archetype("pirate", "fantastical", "A swaggering sea robber who talks of plunder and the open sea.", ("You are a pirate.",)),
     Archetype("librarian", "profession", "A quiet keeper of books who loves order and catalogues.", ("You are a librarian.",)),
 )
-
-# (status, headers, body) for one request; body is a dict (sent as JSON) or raw text.
-Reply = tuple[int, dict[str, str], Any]
-
-
-def ok(content: str) -> Reply:
-    return 200, {}, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-@dataclass
-class Server:
-    """A chat-completions stand-in: ``respond(body, n)`` scripts the reply to request number ``n`` (0-based)."""
-
-    base_url: str
-    respond: Callable[[dict[str, Any], int], Reply] = lambda body, n: ok("3")
-    seen: list[Seen] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @pytest.fixture(autouse=True)
@@ -54,46 +27,6 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    state: list[Server] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            srv = state[0]
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            with srv.lock:
-                n = len(srv.seen)
-                srv.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            reply: Reply = (404, {}, {"error": {"message": f"no route {self.path}"}})
-            if self.path == "/v1/chat/completions":
-                reply = srv.respond(body, n)
-            status, headers, payload = reply
-            data = (json.dumps(payload) if not isinstance(payload, str) else payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.append(Server(f"http://127.0.0.1:{httpd.server_address[1]}/v1"))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield state[0]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def make_judge(server: Server, **kwargs: Any) -> tuple[OpenAIJudge, list[float]]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_example_prints_a_capped_pirate_reply_and_the_cap_log(smol_tokenizer) -> None:  # type: ignore[no-untyped-def]
