@@ -25,7 +25,9 @@ from backend.errors import PersonaSpaceError
 def build_parser() -> argparse.ArgumentParser:
     from backend.cluster import add_ray_args
 
-    parser = argparse.ArgumentParser(prog="python -m backend", description="Persona Space: persona spaces and the Assistant Axis")
+    # `persona-space ...` (the installed command) or `python -m backend ...`: the usage line names the one that ran
+    prog = "python -m backend" if os.path.basename(sys.argv[0]) in ("__main__.py", "-c", "") else os.path.basename(sys.argv[0])
+    parser = argparse.ArgumentParser(prog=prog, description="Persona Space: persona spaces and the Assistant Axis")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("model-info", help="load a model and describe it (layers, hidden size, target layer, template)")

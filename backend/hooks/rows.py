@@ -238,35 +238,44 @@ class RowControls:
 
         def hook(module: nn.Module, args: object, output: object) -> object:
             hidden = block_output(output)
+            if self.log is not None:  # the library's mode: one row, its values known on the host
+                return replace_block_output(output, self._library_edit(layer, hidden))
             if steer_v is not None:
                 hidden = steer(hidden, steer_v[layer], self.steer[:, layer])
             if cap:
                 assert self.cap_u is not None
                 hidden, delta, before = cap_floor(hidden, self.cap_u[layer], self.tau[:, layer])
-                if self.log is not None:
-                    self._log(layer, before, delta)
-                else:
-                    self.before[:, layer].copy_(before[:, -1])
-                    self.delta[:, layer].copy_(delta[:, -1])
-            last = hidden[:, -1].float()
-            if monitor:
-                assert self.monitor_u is not None
-                self.monitor.copy_(last @ self.monitor_u)
-            if capture:
-                self.capture_sum.add_(last.double() * self.active.double()[:, None])
-                self.capture_count.add_(self.active.double())
+                self.before[:, layer].copy_(before[:, -1])
+                self.delta[:, layer].copy_(delta[:, -1])
+            if monitor or capture:
+                last = hidden[:, -1].float()
+                if monitor:
+                    assert self.monitor_u is not None
+                    self.monitor.copy_(last @ self.monitor_u)
+                if capture:
+                    self.capture_sum.add_(last.double() * self.active.double()[:, None])
+                    self.capture_count.add_(self.active.double())
             return replace_block_output(output, hidden)
 
         return hook
 
-    def _log(self, layer: int, before: torch.Tensor, delta: torch.Tensor) -> None:
-        """The library's mode: what the cap did at every position, for the layers the (only) row caps."""
+    def _library_edit(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The library's mode: the one row's steering and floor at ``layer`` (host values, the same for every row of
+        the batch), and what the cap did at every position into the log. A layer the row does not cap or steer now is
+        left as it is (its positions are still counted, so later records line up)."""
         assert self.log is not None
+        coefficient = self.steer_on[0].get(layer)
+        if coefficient is not None and self.steer_v is not None:
+            hidden = steer(hidden, self.steer_v[layer], coefficient)
+        if self.cap_u is None:
+            return hidden
         tau = self.cap_taus[0].get(layer)
-        if tau is None:  # not capped at this layer now: count the positions so later records line up
-            self.log.advance(layer, before.shape[-1])
-        else:
-            self.log.record(layer, tau, self.version, before.detach(), delta.detach())
+        if tau is None:
+            self.log.advance(layer, hidden.shape[1])
+            return hidden
+        hidden, delta, before = cap_floor(hidden, self.cap_u[layer], tau)
+        self.log.record(layer, tau, self.version, before.detach(), delta.detach())
+        return hidden
 
     def attach(self, model: nn.Module, layers_path: str | None = None) -> Handle:
         """Register the hooks on ``model``; ``.remove()`` on the result takes them all off."""
