@@ -15,7 +15,8 @@ own row controls, compiled while the worker serves eagerly). On a CPU every ``nn
 :mod:`backend.kernels.small_batch` (few-row products as ``W @ x^T``). An architecture whose forward pass
 does not accept a static cache falls back to the model's own dynamic cache, with one log line saying why.
 
-:func:`generate_rows` is the plain loop (greedy or any chooser) used by the tests, the benchmark and batch callers.
+:func:`generate_rows` is the one decode loop (greedy or any chooser): the builder, the cap evaluation, chat replies and
+the worker's turns run on it.
 """
 
 from __future__ import annotations
@@ -243,34 +244,40 @@ def generate_rows(
     max_new_tokens: int,
     *,
     stop_ids: set[int] | frozenset[int] = frozenset(),
-    choose: Callable[[int, torch.Tensor], list[int]] | None = None,
+    choose: Callable[[int, torch.Tensor], Sequence[int | None]] | None = None,
     on_step: Callable[[int, list[int | None], Readouts | None], None] | None = None,
     layers_path: str | None = None,
     feed_last: bool = True,
-    stop: threading.Event | None = None,
+    stop: Callable[[], bool] | None = None,
+    attach: bool = True,
 ) -> list[list[int]]:
     """Decode every row until it emits a stop id or ``max_new_tokens`` tokens; greedy unless ``choose`` is given.
 
-    ``choose(index, logits)`` returns one token per row. ``on_step(index, tokens, readouts)`` runs after the
-    forward pass over token ``index`` (``tokens[i]`` is ``None`` for a finished row), with that pass's readouts.
-    ``feed_last=False`` skips the forward pass over the last token (nothing reads it). Once ``stop`` is set, no
-    further token is chosen (the rows keep what they have).
+    This is the one decode loop: the builder, the cap evaluation, :func:`backend.decode.generate.generate_reply` and
+    the worker's turns all run on it.
+
+    ``choose(index, logits)`` returns one token per row, or ``None`` for a row that ends here without a token (the
+    caller's own limit). ``on_step(index, tokens, readouts)`` runs after the forward pass over token ``index``
+    (``tokens[i]`` is ``None`` for a finished row), with that pass's readouts. ``feed_last=False`` skips the
+    forward pass over the last token (nothing reads it). Once ``stop()`` is true, no further token is chosen (the
+    rows keep what they have). ``attach=False``: the decoder's row controls are attached already (a compiled
+    step's shadow holds its own for good).
     """
     controls = decoder.controls
-    handle = controls.attach(decoder.model, layers_path) if controls is not None else None
+    handle = controls.attach(decoder.model, layers_path) if controls is not None and attach else None
     try:
         logits = decoder.start(prompts, max_new_tokens)
         out: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
         for index in range(max_new_tokens):
-            if stop is not None and stop.is_set():
+            if stop is not None and stop():
                 break
             picked = choose(index, logits) if choose is not None else logits.argmax(-1).tolist()
             fed: list[int | None] = []
             for i, token in enumerate(picked):
-                if not done[i] and token in stop_ids:
+                if not done[i] and (token is None or token in stop_ids):
                     done[i] = True
-                if done[i]:
+                if done[i] or token is None:
                     fed.append(None)
                     if controls is not None:
                         controls.set_active(i, False)

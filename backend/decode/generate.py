@@ -80,7 +80,15 @@ def generate_reply(
             on_token(picked[0])
         return picked
 
-    (new,) = generate_rows(decoder, [prompt], sampling.max_new_tokens, stop_ids=eos, choose=choose, feed_last=False, stop=stop)
+    (new,) = generate_rows(
+        decoder,
+        [prompt],
+        sampling.max_new_tokens,
+        stop_ids=eos,
+        choose=choose,
+        feed_last=False,
+        stop=stop.is_set if stop is not None else None,
+    )
     return prompt, new
 
 

@@ -1,4 +1,4 @@
-"""One job on the decode engine: a turn, or both columns of a comparison as one batch of two rows.
+"""One job on the decode engine's loop (:func:`backend.decode.engine.generate_rows`): a turn, or both columns of a comparison as one batch of two rows.
 
 The job's conversation is rebuilt from the database (:func:`history`), each row gets its prompt and a generator
 seeded from the session's seed and the user turn's number, and the rows run on a compiled step of the engine when
@@ -12,7 +12,6 @@ Runs on the engine's generation thread only, with the model lock held.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backend.decode.engine import Decoder
+from backend.decode.engine import Decoder, generate_rows
 from backend.hooks.rows import Readouts, RowControls
 from backend.maths.sampling import choose_token
 from backend.models.chat import Message, encode_prompt
@@ -45,6 +44,14 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     status: str | None = None  # None while generating
+
+
+@dataclass
+class _InForce:
+    """The controls in force for the running rows and their version (a pending change replaces both)."""
+
+    controls: Controls
+    version: int
 
 
 def history(db: Database, job: Job) -> list[Message]:
@@ -125,10 +132,9 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
     prompts = [r.prompt for r in rows]
     fitting = [c for c in engine.compiled if c.fits(len(rows), longest + controls.max_new_tokens)]
     compiled = min(fitting, key=lambda c: (c.capacity, c.rows)) if fitting else None
-    attached: contextlib.AbstractContextManager[Any]
     loaded = engine.loaded
     if compiled is not None:  # a compiled step's fixed batch: twins of the first row fill it (if any), capped nowhere
-        live, decoder, attached = compiled.controls, compiled.decoder(), contextlib.nullcontext()
+        live, decoder = compiled.controls, compiled.decoder()
         twins = compiled.rows - len(rows)
         for k in range(len(rows), compiled.rows):
             live.set_cap(k, None)
@@ -137,50 +143,60 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
     else:
         live = engine.row_controls(len(rows))
         decoder = Decoder(loaded.model, live, layers_path=loaded.info.layers_path, pad_id=engine.pad_id)
-        attached, twins = live.attach(loaded.model, loaded.info.layers_path), 0
+        twins = 0
         new_tokens = min(engine.max_context, longest + MAX_NEW_TOKENS) - longest
     _apply(engine, live, rows, controls)
     started = time.time()
-    with attached:
-        logits = decoder.start(prompts + [prompts[0]] * twins, new_tokens)
-        index = -1
-        while any(r.status is None for r in rows):
-            index += 1
-            if any(j.stop.is_set() for j in jobs):
-                _end(engine, rows, live, "stopped", "stopped by the user", version, started)
-                break
-            pending = engine.take_pending(job.session_id)
-            if pending is not None:
-                controls, version = pending[0], pending[1]
-                _apply(engine, live, rows, controls)
-                for r in rows:
-                    if r.status is None:
-                        db.event(
-                            r.job.session_id, r.job.turn_id, "controls_applied",
-                            {"turn": r.job.turn_id, "controls_version": version, "from_token": index},
-                        )  # fmt: skip
-            limit = min(controls.max_new_tokens, decoder.capacity - longest)
-            fed: list[int] = []
-            for i, r in enumerate(rows):
-                if r.status is None and index >= min(limit, engine.max_context - len(r.prompt)):
-                    _end(engine, [r], live, "done", "max_new_tokens reached", version, started, i)
+    state = _InForce(controls, version)
+
+    def choose(index: int, logits: torch.Tensor) -> list[int | None]:
+        """Apply a pending control change (from this token on), end rows at their limit, pick each row's token."""
+        pending = engine.take_pending(job.session_id)
+        if pending is not None:
+            state.controls, state.version = pending[0], pending[1]
+            _apply(engine, live, rows, pending[0])
+            for r in rows:
                 if r.status is None:
-                    token = choose_token(
-                        logits[i], greedy=controls.greedy, temperature=controls.temperature, top_p=controls.top_p,
-                        penalty=controls.repetition_penalty, previous=r.tokens, generator=r.generator,
+                    db.event(
+                        r.job.session_id, r.job.turn_id, "controls_applied",
+                        {"turn": r.job.turn_id, "controls_version": pending[1], "from_token": index},
                     )  # fmt: skip
-                    if token in engine.stop_ids:
-                        _end(engine, [r], live, "done", "end of turn", version, started, i)
-                live.set_active(i, r.status is None)
-                fed.append(token if r.status is None else engine.pad_id)
-            if all(r.status is not None for r in rows):
-                break
-            logits = decoder.step(fed + [fed[0]] * twins)
-            readouts = live.readouts()
-            for i, r in enumerate(rows):
-                if r.status is None:
-                    _emit(engine, r, i, fed[i], index, live, readouts, version)
-    _end(engine, rows, live, "done", "end of turn", version, started)
+        now, at = state.controls, state.version
+        limit = min(now.max_new_tokens, decoder.capacity - longest)
+        picked: list[int | None] = []
+        for i, r in enumerate(rows):
+            if r.status is None and index >= min(limit, engine.max_context - len(r.prompt)):
+                _end(engine, [r], live, "done", "max_new_tokens reached", at, started, i)
+            token: int | None = None
+            if r.status is None:
+                token = choose_token(
+                    logits[i], greedy=now.greedy, temperature=now.temperature, top_p=now.top_p,
+                    penalty=now.repetition_penalty, previous=r.tokens, generator=r.generator,
+                )  # fmt: skip
+                if token in engine.stop_ids:
+                    _end(engine, [r], live, "done", "end of turn", at, started, i)
+                    token = None
+            picked.append(token)
+        # a compiled step's spare rows are fed the first row's token (padding once it is done) until every real row
+        # is done; then they end too, and so does the loop
+        running = any(r.status is None for r in rows)
+        twin = (picked[0] if picked[0] is not None else engine.pad_id) if running else None
+        return picked + [twin] * twins
+
+    def emit(index: int, fed: list[int | None], readouts: Readouts | None) -> None:
+        assert readouts is not None
+        for i, r in enumerate(rows):
+            token = fed[i]
+            if r.status is None and token is not None:
+                _emit(engine, r, i, token, index, live, readouts, state.version)
+
+    generate_rows(
+        decoder, prompts + [prompts[0]] * twins, new_tokens, choose=choose, on_step=emit,
+        layers_path=loaded.info.layers_path, stop=lambda: any(j.stop.is_set() for j in jobs), attach=compiled is None,
+    )  # fmt: skip
+    if any(j.stop.is_set() for j in jobs):
+        _end(engine, rows, live, "stopped", "stopped by the user", state.version, started)
+    _end(engine, rows, live, "done", "end of turn", state.version, started)
 
 
 def _emit(engine: Engine, r: Row, i: int, token: int, index: int, live: RowControls, readouts: Readouts, version: int) -> None:
