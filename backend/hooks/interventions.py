@@ -166,17 +166,22 @@ def _load(controls: RowControls, caps: Sequence[Cap], steers: Sequence[Steer], h
             _as_direction(layer, vector, hidden)
             vectors[layer] += record.coefficient * vector.float()  # steering adds up
             steered.add(layer)
+    # every check before the first write: a refused change leaves the controls as they were
+    for kind, layers in (("cap", taus), ("steering", steered)):
+        missing = sorted(set(layers) - set(controls.layers))
+        if missing:
+            raise InterventionError(f"{kind} layers {missing} have no hooks (hooked: {list(controls.layers)})")
+    if taus and controls.cap_u is None:
+        raise InterventionError("these controls were attached without a cap")
+    if steered and controls.steer_v is None:
+        raise InterventionError("these controls were attached without steering")
     if taus:
-        if controls.cap_u is None:
-            raise InterventionError("these controls were attached without a cap")
+        assert controls.cap_u is not None
         cap_u = controls.cap_u
         cap_u[list(taus)] = directions[list(taus)].to(cap_u.device) / directions[list(taus)].norm(dim=-1, keepdim=True).to(
             cap_u.device
         )
         controls.cap_layers = controls.cap_layers | frozenset(taus)
-    if steered:
-        if controls.steer_v is None:
-            raise InterventionError("these controls were attached without steering")
     if controls.steer_v is not None:
         controls.steer_v.copy_(vectors.to(controls.steer_v.device))
     controls.set_cap(0, taus)

@@ -306,3 +306,16 @@ def test_steering_then_cap_on_the_same_layer(llama, live) -> None:  # type: igno
         h.remove()
     torch.testing.assert_close(seen[0].double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(seen[0].double() @ u.double(), torch.full((2, 10), tau, dtype=torch.double), rtol=1e-5, atol=1e-4)
+
+
+def test_a_refused_set_leaves_the_running_cap_and_steering_as_they_were(llama) -> None:  # type: ignore[no-untyped-def]
+    ids = random_ids(length=8)
+    axis = torch.randn(4, 32)
+    cap, steering = Cap.from_axis(axis, [1], 0.5), Steer({1: torch.randn(32)}, 2.0)
+    with intervene(llama, cap, steering) as handle, torch.no_grad():
+        before = llama(ids).logits.clone()
+        with pytest.raises(InterventionError, match=r"cap layers \[2\] have no hooks \(hooked: \[1\]\)"):
+            handle.set(Cap.from_axis(-axis, [1, 2], 9.0), Steer({1: torch.randn(32)}, -5.0))
+        with pytest.raises(InterventionError, match=r"steering layers \[3\] have no hooks"):
+            handle.set(Cap.from_axis(-axis, [1], 9.0), Steer({3: torch.randn(32)}, -5.0))
+        assert torch.equal(llama(ids).logits, before)  # neither the direction, the floor nor the vector moved
