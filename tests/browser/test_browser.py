@@ -212,8 +212,11 @@ def test_export_then_import_restores_the_conversation_and_the_controls(servers, 
     box.wait_for(timeout=60_000)
     time.sleep(1)
     page.locator("input[type=range][aria-label^='Cap threshold']").focus()
+    # One step at a time: this test is about export and import. A fast burst of steps can leave the worker one step
+    # behind the slider (issue #23, which owns that race and its own test).
     for _ in range(7):
         page.keyboard.press("ArrowLeft")
+        time.sleep(1)
     cap_toggle(page).click(force=True)
     wait_until(lambda: cap_toggle(page).is_checked() and slider_value(page, "Cap threshold") == 68.0, timeout=30)
     time.sleep(1)
