@@ -13,23 +13,52 @@ Runs on the engine's generation thread only, with the model lock held.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
+from backend.decode.compiled import CompiledRows
 from backend.decode.engine import Decoder, generate_rows
+from backend.hooks.interventions import Cap
 from backend.hooks.rows import Readouts, RowControls
 from backend.maths.sampling import choose_token
 from backend.models.chat import Message, encode_prompt
+from backend.models.loading import LoadedModel
+from backend.reading.placement import Placement
 from backend.worker.db import Database
 from backend.worker.jobs import Job
 from backend.worker.schemas import MAX_NEW_TOKENS, Controls
 from backend.worker.token_event import token_event
 
-if TYPE_CHECKING:
-    from backend.worker.engine import Engine
+
+class Engine(Protocol):
+    """What a turn needs of the engine that runs it (:class:`backend.worker.engine.Engine`, which imports this module:
+    the turn never imports the engine back)."""
+
+    loaded: LoadedModel
+    db: Database
+    compiled: list[CompiledRows]
+    placement: Placement
+    target: int
+    axis: torch.Tensor
+    cond: threading.Condition
+    pending: dict[str, tuple[Controls, int]]
+    tokens_generated: int
+    max_context: int
+    stop_ids: set[int]
+    pad_id: int
+
+    def validate_controls(self, controls: Controls) -> Controls: ...
+
+    def cap_record(self, controls: Controls, variant: str) -> Cap | None: ...
+
+    def take_pending(self, sid: str) -> tuple[Controls, int] | None: ...
+
+    def row_controls(self, n: int) -> RowControls: ...
+
 
 log = logging.getLogger("persona_space.worker")
 
