@@ -44,6 +44,12 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
         ),
         ("backend/view/space.py", "import torch", "never import torch", "backend.view.space -> torch"),
         (
+            "backend/worker/turn.py",
+            "from backend.worker import engine",
+            "never imports the engine",
+            "backend.worker.turn -> backend.worker.engine",
+        ),
+        (
             "app/client.py",
             "from backend.store import space",
             "only through its torch-free view",
