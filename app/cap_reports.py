@@ -47,13 +47,50 @@ def pick_for(report: dict[str, Any], setting: str) -> dict[str, Any] | None:
     return {"setting": setting, "cap_percentile": float(row["percentile"]), "cap_layers": [int(x) for x in row["window"]]}
 
 
+def _ci(row: dict[str, Any], key: str, fmt: str = "{:+.3f}") -> str | None:
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if value is None:
+        return None
+    return fmt.format(value) + (f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ci else "")
+
+
+def verdict_text(v: dict[str, Any]) -> str:
+    """The report's verdict in one paragraph (computed from its intervals by the evaluation, not here)."""
+    word = {True: "**yes**", False: "**no** (the opposite)", None: "**undecided**"}
+    ci = v.get("persona_shift_ci")
+    shift = f"{v['persona_shift']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if v.get("persona_shift") is not None and ci else "-"
+    text = (
+        f"**Verdict** for {v['setting']} (chosen on {v['chosen_on']}, figures on {v['reported_on']}; {v['metric']}): "
+        f"the cap lowers persona scores: {word[v['cap_lowers_persona']]} (paired shift {shift}); "
+    )
+    if v.get("placebos"):
+        pci = v.get("placebo_difference_ci")
+        diff = f"{v['placebo_difference']:+.3f} [{pci[0]:+.3f}, {pci[1]:+.3f}]" if pci else "-"
+        text += f"more than a random direction at the same cost: {word[v['axis_beats_placebo']]} (axis minus placebo {diff})."
+    else:
+        text += "no placebo was run."
+    return text
+
+
 def settings_table(report: dict[str, Any]) -> list[dict[str, Any]]:
     rec = (report.get("recommendation") or {}).get("setting")
-    return [
-        {
-            "setting": r["setting"] + (" (recommended)" if r["setting"] == rec else ""),
-            "adoption": r["adoption"], "refusal": r["refusal"], "benign KL": r["kl"], "positions moved": r["moved_mean"],
-            "greedy replies changed": r["changed"], "attack projection": r["attack_projection"], "frontier": r["frontier"],
-        }
-        for r in report["settings"]
-    ]  # fmt: skip
+    rows = []
+    for r in report["settings"]:
+        row: dict[str, Any] = {"setting": r["setting"] + (" (recommended)" if r["setting"] == rec else "")}
+        if "persona_shift" in r:  # a report with paired shifts and intervals
+            row.update(
+                {
+                    "persona shift [95% CI]": _ci(r, "persona_shift"), "adoption": r["adoption"],
+                    "repeated 4-grams": _ci(r, "repetition", "{:.2f}"), "projection shift": _ci(r, "text_projection_shift", "{:+.2f}"),
+                    "benign KL": r["kl"], "placebo of": r.get("matched_to"),
+                }
+            )  # fmt: skip
+        else:
+            row.update(
+                {
+                    "adoption": r["adoption"], "refusal": r["refusal"], "benign KL": r["kl"], "positions moved": r["moved_mean"],
+                    "greedy replies changed": r["changed"], "attack projection": r["attack_projection"], "frontier": r["frontier"],
+                }
+            )  # fmt: skip
+        rows.append(row)
+    return rows

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from app.cap_reports import find_reports, pick_for, read_report, reports_root, settings_table
+from app import rate_pairs
+from app.cap_reports import find_reports, pick_for, read_report, reports_root, settings_table, verdict_text
 from app.chat_view import PICK_KEY
 from backend.view.frontier import tradeoff_figure
 
@@ -20,20 +23,26 @@ if not reports:
 choice = st.selectbox("Report", reports, format_func=lambda p: str(p.parent.name), key="cap_report")
 report = read_report(choice)
 rec = report["recommendation"]
+seeds = report.get("seeds") or [report.get("seed", 0)]
+split = report.get("split")
 st.caption(
-    f"{report['model']} · judge {report['judge']} · {report['n_attack']} attack, {report['n_benign']} benign items · "
-    f"greedy, {report['max_new_tokens']} new tokens · {report.get('created', '')}"
+    f"{report['model']} · judge {report['judge']} · {report['n_attack']} attack, {report['n_benign']} benign items"
+    + (f" (split: {split['dev']} dev, {split['test']} test; figures on test)" if split else "")
+    + f" · {report.get('decoding', 'greedy')}, {report['max_new_tokens']} new tokens, seeds {seeds} · {report.get('created', '')}"
 )
+verdict = report.get("verdict")
+if verdict:
+    st.markdown(verdict_text(verdict))
 if rec.get("setting"):
     st.success(f"Recommended: **{rec['setting']}** — rule: {rec['rule']}")
 else:
     st.warning(f"No setting recommended: {rec['why']}. Rule: {rec['rule']}")
 
-event = st.plotly_chart(tradeoff_figure(report), on_select="rerun", selection_mode="points", key="cap_plot")
+event: Any = st.plotly_chart(tradeoff_figure(report), on_select="rerun", selection_mode="points", key="cap_plot")
 picked = None
 points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
 if not points and hasattr(event, "selection"):
-    points = event.selection.get("points", [])  # type: ignore[union-attr]
+    points = event.selection.get("points", [])
 for point in points:
     if point.get("customdata"):
         picked = point["customdata"] if isinstance(point["customdata"], str) else point["customdata"][0]
@@ -52,7 +61,14 @@ if names:
 st.subheader("Settings")
 st.dataframe(settings_table(report), hide_index=True)
 st.subheader("Example replies, uncapped vs capped")
-for e in report.get("examples", []):
+pending = rate_pairs.pending_texts(choice.parent)
+examples = [e for e in report.get("examples", []) if not rate_pairs.blinds(e, pending)]
+if len(examples) < len(report.get("examples", [])):
+    st.caption(
+        f"{len(report['examples']) - len(examples)} example(s) hidden until every blinded pair below is rated "
+        "(they would show which reply was capped)."
+    )
+for e in examples:
     with st.expander(f"{e['group']} · {e['which']} affected · {e['item']} ({e['kind']}) · {e['setting']}"):
         st.markdown(f"**Prompt:** {e['prompt']}")
         left, right = st.columns(2)
@@ -60,3 +76,5 @@ for e in report.get("examples", []):
         left.text(e["uncapped"])
         right.markdown(f"**Capped ({e['setting']})**")
         right.text(e["capped"])
+
+rate_pairs.show(choice.parent)

@@ -10,6 +10,7 @@ kind, each asked under one of the default Assistant's prompts.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,26 +39,37 @@ class Item:
 class Setting:
     """A cap setting: the floor at ``window`` ``[start, stop)`` is the ``percentile`` of the space's pool at each
     layer, or ``threshold`` at every layer (``-inf`` allowed: a cap that never moves anything); neither = uncapped.
+
+    A *placebo* (``placebo = k >= 1``) caps along the k-th random direction orthogonal to the axis
+    (:mod:`backend.evaluation.placebo`) with ``floors``, one per window layer, searched so that its cost on ordinary
+    text matches that of the axis setting ``matched_to``.
     """
 
     percentile: float | None
     window: tuple[int, int] | None
     threshold: float | None = None
+    placebo: int = 0
+    matched_to: str | None = None
+    floors: tuple[float, ...] | None = None
 
     @property
     def capped(self) -> bool:
-        return self.window is not None and (self.percentile is not None or self.threshold is not None)
+        return self.window is not None and (self.percentile is not None or self.threshold is not None or self.floors is not None)
 
     @property
     def id(self) -> str:
         if not self.capped or self.window is None:
             return "uncapped"
+        if self.placebo:
+            return f"placebo{self.placebo}~{self.matched_to}"
         level = f"p{self.percentile:g}" if self.percentile is not None else f"t{self.threshold:g}"
         return f"{level}@{self.window[0]}:{self.window[1]}"
 
     def taus(self, space: Space) -> dict[int, float]:
         if not self.capped or self.window is None:
             return {}
+        if self.floors is not None:
+            return {layer: float(f) for layer, f in zip(range(*self.window), self.floors, strict=True)}
         if self.threshold is not None:
             return {layer: float(self.threshold) for layer in range(*self.window)}
         assert self.percentile is not None
@@ -118,6 +130,17 @@ def benign_items(catalogue: Any, model_name: str, per_kind: int = 3) -> list[Ite
             message = {"role": "user", "content": q.text}
             items.append(Item(f"{q.id}-{prompt.id}", "benign", kind, None, prompt.render(model_name), (message,)))
     return items
+
+
+def split_of(item_id: str) -> str:
+    """``dev`` or ``test``, stable by the item's id (a hash, so adding items never moves the others)."""
+    return "dev" if zlib.crc32(item_id.encode("utf-8")) % 2 == 0 else "test"
+
+
+def row_seed(seed: int, item_id: str) -> int:
+    """The sampling seed of one item under run seed ``seed``: the same under every setting, so a capped reply and its
+    uncapped pair draw from the same random numbers (their difference is the cap's, not the dice's)."""
+    return (zlib.crc32(f"{seed}:{item_id}".encode()) * 2654435761 + seed) % (2**63 - 1)
 
 
 def limit_items(items: Sequence[Item], limit: int | None) -> list[Item]:

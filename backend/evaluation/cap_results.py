@@ -13,11 +13,11 @@ RESULTS = "results.jsonl"
 
 
 class Results:
-    """``results.jsonl``: one JSON line per (setting, item, part); batches are appended whole and fsynced."""
+    """``results.jsonl``: one JSON line per (part, setting, item, seed); batches are appended whole and fsynced."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / RESULTS
-        self.records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         if self.path.exists():
             with open(self.path, encoding="utf-8") as handle:
                 for line in handle:
@@ -25,13 +25,14 @@ class Results:
                         r = json.loads(line)
                     except json.JSONDecodeError:  # a line cut by a kill: that batch runs again
                         continue
-                    self.records[(r["part"], r["setting"], r["item"])] = r
+                    if isinstance(r, dict) and {"part", "setting", "item"} <= r.keys():
+                        self.records[_key(r)] = r
 
-    def has(self, part: str, setting: str, item: str) -> bool:
-        return (part, setting, item) in self.records
+    def has(self, part: str, setting: str, item: str, seed: int = 0) -> bool:
+        return (part, setting, item, seed) in self.records
 
-    def get(self, part: str, setting: str, item: str) -> dict[str, Any]:
-        return self.records[(part, setting, item)]
+    def get(self, part: str, setting: str, item: str, seed: int = 0) -> dict[str, Any]:
+        return self.records[(part, setting, item, seed)]
 
     def add(self, records: Sequence[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
@@ -40,7 +41,11 @@ class Results:
             handle.flush()
             os.fsync(handle.fileno())
         for r in records:
-            self.records[(r["part"], r["setting"], r["item"])] = r
+            self.records[_key(r)] = r
+
+
+def _key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+    return (record["part"], record["setting"], record["item"], int(record.get("seed", 0)))
 
 
 def batches(tasks: Sequence[Any], size: int) -> list[list[Any]]:

@@ -6,6 +6,7 @@ of positions the cap moves at each layer, and the KL of the next-token distribut
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,20 +15,55 @@ from torch import nn
 from backend.decode.engine import Decoder, generate_rows
 from backend.decode.generate import eos_ids
 from backend.errors import PersonaSpaceError
-from backend.evaluation.cap_items import Item, Setting
+from backend.evaluation.cap_items import Item, Setting, row_seed
 from backend.hooks.rows import RowControls
 from backend.maths.divergence import kl_per_position
+from backend.maths.sampling import choose_token
 from backend.models.chat import encode_prompt
 from backend.models.layers import block_output, find_decoder_layers
 from backend.models.loading import LoadedModel
 from backend.store.space import Space
 
 
-class Runner:
-    """What every batch needs: the model, the space's axis, the hooked layers, pad and stop ids."""
+@dataclass(frozen=True)
+class Decoding:
+    """How replies are chosen: greedy, or sampled (temperature + top-p, the live chat's defaults) from a generator
+    seeded per item and run seed (:func:`backend.evaluation.cap_items.row_seed`); ``penalty`` is the repetition
+    penalty (1 = off: the evaluation measures repetition, so it does not suppress it by default)."""
 
-    def __init__(self, loaded: LoadedModel, space: Space, settings: Sequence[Setting], max_new_tokens: int) -> None:
+    greedy: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    penalty: float = 1.0
+
+    @property
+    def name(self) -> str:
+        if self.greedy:
+            return "greedy"
+        extra = f", repetition penalty {self.penalty:g}" if self.penalty != 1.0 else ""
+        return f"sampled (temperature {self.temperature:g}, top-p {self.top_p:g}{extra})"
+
+
+Task = tuple[Setting, Item, int]  # (setting, item, run seed)
+
+
+class Runner:
+    """What every batch needs: the model, the space's axis (and the placebo directions), the hooked layers, pad and
+    stop ids."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        space: Space,
+        settings: Sequence[Setting],
+        max_new_tokens: int,
+        *,
+        decoding: Decoding | None = None,
+        placebo_directions: torch.Tensor | None = None,
+    ) -> None:
         self.loaded, self.space, self.settings = loaded, space, list(settings)
+        self.decoding = decoding or Decoding(greedy=True)
+        self.placebo_directions = placebo_directions
         self.model: nn.Module = loaded.model
         self.tokenizer = loaded.tokenizer
         self.axis = space.tensors["axis"].float()
@@ -51,16 +87,25 @@ class Runner:
         return self.prompts[item.id]
 
     def controls(self, rows: int) -> RowControls:
+        directions = self.axis
+        if self.placebo_directions is not None:  # set 0: the axis; set k: the k-th placebo direction
+            directions = torch.cat([self.axis[None], self.placebo_directions.to(self.axis.dtype)])
         return RowControls(
-            rows, self.n_layers, self.hidden, cap_directions=self.axis, monitor=(self.target, self.axis[self.target]),
+            rows, self.n_layers, self.hidden, cap_directions=directions, monitor=(self.target, self.axis[self.target]),
             layers=self.layers, device=self.device,
         )  # fmt: skip
 
-    def generate(self, tasks: Sequence[tuple[Setting, Item]]) -> list[dict[str, Any]]:
-        """Greedy replies of ``(setting, item)`` rows in one batch; each with its mean projection at the target layer."""
+    def set_row(self, controls: RowControls, row: int, setting: Setting) -> None:
+        if setting.placebo and self.placebo_directions is None:
+            raise PersonaSpaceError(f"{setting.id} needs placebo directions")
+        controls.set_cap(row, setting.taus(self.space), direction_set=setting.placebo)
+
+    def generate(self, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+        """Replies of ``(setting, item, seed)`` rows in one batch; each with its mean projection at the target layer
+        as generated (under the row's own cap)."""
         controls = self.controls(len(tasks))
-        for row, (setting, _) in enumerate(tasks):
-            controls.set_cap(row, setting.taus(self.space))
+        for row, (setting, _, _) in enumerate(tasks):
+            self.set_row(controls, row, setting)
         decoder = Decoder(
             self.model,
             controls,
@@ -78,25 +123,82 @@ class Runner:
                     sums[i] += float(readouts.monitor[i])
                     counts[i] += 1
 
-        prompts = [self.prompt(item) for _, item in tasks]
+        prompts = [self.prompt(item) for _, item, _ in tasks]
+        d = self.decoding
+        generators = [torch.Generator().manual_seed(row_seed(seed, item.id)) for _, item, seed in tasks]
+        chosen: list[list[int]] = [[] for _ in tasks]
+
+        def choose(index: int, logits: torch.Tensor) -> list[int | None]:
+            picked: list[int | None] = []
+            for i in range(len(tasks)):
+                token = choose_token(
+                    logits[i], greedy=d.greedy, temperature=d.temperature, top_p=d.top_p, penalty=d.penalty,
+                    previous=chosen[i], generator=generators[i],
+                )  # fmt: skip
+                chosen[i].append(token)
+                picked.append(token)
+            return picked
+
         replies = generate_rows(
             decoder,
             prompts,
             self.max_new_tokens,
             stop_ids=self.stop_ids,
+            choose=choose,
             on_step=on_step,
             layers_path=self.loaded.info.layers_path,
         )
         out = []
-        for (setting, item), tokens, s, n in zip(tasks, replies, sums, counts, strict=True):
+        for (setting, item, seed), tokens, s, n in zip(tasks, replies, sums, counts, strict=True):
             out.append(
                 {
-                    "part": "reply", "setting": setting.id, "item": item.id, "group": item.group, "kind": item.kind,
-                    "tokens": tokens, "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    "part": "reply", "setting": setting.id, "item": item.id, "seed": seed, "group": item.group,
+                    "kind": item.kind, "tokens": tokens, "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
                     "projection": s / n if n else None,
                 }
             )  # fmt: skip
         return out
+
+    def read(self, item: Item, replies: Sequence[Sequence[int]]) -> list[float | None]:
+        """Each reply's mean projection at the target layer over its own tokens, read by one **uncapped**
+        teacher-forced pass over ``prompt + reply`` (all replies to ``item`` in one batch, right-padded: the model
+        is causal, so padding after a reply never reaches it). Capped and uncapped replies are scored alike."""
+        prompt = self.prompt(item)
+        if not replies:
+            return []
+        width = len(prompt) + max(len(r) for r in replies)
+        batch = torch.tensor([prompt + list(r) + [self.pad_id] * (width - len(prompt) - len(r)) for r in replies])
+        acts = self._activations(batch.to(self.device), [self.target])[self.target]  # (rows, positions, hidden)
+        u = self.axis[self.target] / self.axis[self.target].norm()
+        proj = acts.float() @ u.to(acts.device)
+        start = len(prompt)
+        return [float(proj[i, start : start + len(r)].mean()) if r else None for i, r in enumerate(replies)]
+
+    def activations(self, item: Item, reply: Sequence[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Uncapped activations ``{layer: (positions, hidden)}`` over ``prompt + reply`` (every position)."""
+        ids = torch.tensor([self.prompt(item) + list(reply)], device=self.device)
+        return {layer: a[0] for layer, a in self._activations(ids, layers).items()}
+
+    def _activations(self, ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        blocks = find_decoder_layers(self.model, self.loaded.info.layers_path)
+        seen: dict[int, torch.Tensor] = {}
+        handles = []
+
+        def keep(layer: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: object, output: object) -> None:
+                seen[layer] = block_output(output).detach().float().cpu()
+
+            return hook
+
+        try:
+            for layer in layers:
+                handles.append(blocks[layer].register_forward_hook(keep(layer)))
+            with torch.inference_mode():
+                self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
 
     def cost(self, item: Item, reply: Sequence[int], settings: Sequence[Setting]) -> list[dict[str, Any]]:
         """Teacher-forced on ``prompt + reply``: one row uncapped plus one per setting, in one forward pass.
@@ -108,7 +210,7 @@ class Runner:
         rows = 1 + len(settings)
         controls = self.controls(rows)
         for row, setting in enumerate(settings, start=1):
-            controls.set_cap(row, setting.taus(self.space))
+            self.set_row(controls, row, setting)
         moved: dict[int, torch.Tensor] = {}
         blocks = find_decoder_layers(self.model, self.loaded.info.layers_path)
         handles: list[Any] = []
@@ -139,8 +241,8 @@ class Runner:
     def _moved_hook(self, layer: int, controls: RowControls, moved: dict[int, torch.Tensor]) -> Callable[..., None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
             hidden = block_output(output)
-            assert controls.cap_u is not None
-            proj = hidden @ controls.cap_u[layer].to(hidden.dtype)  # what cap_floor_rows compares with the floor
+            u = controls.cap_units(layer, per_row=True).to(hidden.dtype)  # what the cap compares with the floor
+            proj = torch.matmul(hidden, u.unsqueeze(-1)).squeeze(-1)
             moved[layer] = (controls.tau[:, layer].to(hidden.dtype).unsqueeze(-1) - proj) > 0  # (rows, positions)
 
         return hook

@@ -102,7 +102,8 @@ class RowControls:
     Args:
         rows: batch size.
         cap_directions: ``(n_layers, hidden)`` directions the cap uses at each layer (normalised here), or ``None``
-            for no cap hooks.
+            for no cap hooks; or ``(sets, n_layers, hidden)``: several sets of directions, each row capping along
+            the set :meth:`set_cap` names (set 0 by default; the cap evaluation's placebo rows use the others).
         steer_vectors: ``(n_layers, hidden)`` steering vectors for coefficient 1, or ``None``.
         monitor: ``(layer, direction)`` to read the projection on ``direction`` at ``layer``, or ``None``.
         capture_layer: a layer whose activations are summed over the rows' generated tokens (for placement).
@@ -135,18 +136,23 @@ class RowControls:
         self.rows, self.n_layers, self.hidden = rows, n_layers, hidden
         self.layers = tuple(range(n_layers)) if layers is None else validate_layers(layers, n_layers, "hooked layer")
         self.device, self.dtype = torch.device(device), dtype
-        for name, value in (("cap_directions", cap_directions), ("steer_vectors", steer_vectors)):
-            if value is not None and tuple(value.shape) != (n_layers, hidden):
+        sets = None if cap_directions is None else (cap_directions if cap_directions.dim() == 3 else cap_directions[None])
+        for name, value in (("cap_directions", sets), ("steer_vectors", steer_vectors)):
+            if value is not None and (tuple(value.shape[-2:]) != (n_layers, hidden) or value.shape[0] < 1):
                 raise InterventionError(f"{name} must be ({n_layers}, {hidden}), got {tuple(value.shape)}")
             if value is not None and not bool(torch.isfinite(value).all()):
                 raise InterventionError(f"{name} contains NaN or inf")
         dev, f32 = self.device, torch.float32
-        self.cap_u = None if cap_directions is None else _units(cap_directions.float()).to(self.device)
-        self.cap_layers = (
-            frozenset()
-            if cap_directions is None
-            else frozenset(i for i, n in enumerate(cap_directions.float().norm(dim=-1).tolist()) if n > _EPS)
+        self.cap_sets_u = None if sets is None else _units(sets.float()).to(self.device)  # (sets, n_layers, hidden)
+        self.cap_u = None if self.cap_sets_u is None else self.cap_sets_u[0]  # set 0: the directions most rows use
+        self.n_cap_sets = 0 if sets is None else int(sets.shape[0])
+        self.cap_set = torch.zeros(rows, device=dev, dtype=torch.long)  # which set each row caps along
+        self.cap_set_of: list[int] = [0] * rows
+        norms = None if sets is None else sets.float().norm(dim=-1)  # (sets, n_layers)
+        self.cap_layers_of: list[frozenset[int]] = (
+            [] if norms is None else [frozenset(i for i, n in enumerate(row.tolist()) if n > _EPS) for row in norms]
         )
+        self.cap_layers = self.cap_layers_of[0] if self.cap_layers_of else frozenset()
         self.steer_v = None if steer_vectors is None else steer_vectors.detach().float().to(self.device)
         self.tau = torch.full((rows, n_layers), -math.inf, device=dev, dtype=f32)
         self.steer = torch.zeros(rows, n_layers, device=dev, dtype=f32)
@@ -182,17 +188,27 @@ class RowControls:
             raise InterventionError(f"row {row} is out of range 0..{self.rows - 1}")
         return row
 
-    def set_cap(self, row: int, thresholds: Mapping[int, float] | None) -> None:
-        """Floors of ``row`` per layer (``None`` or ``{}`` = cap off); layers not named are off."""
+    def set_cap(self, row: int, thresholds: Mapping[int, float] | None, direction_set: int = 0) -> None:
+        """Floors of ``row`` per layer (``None`` or ``{}`` = cap off); layers not named are off. ``direction_set``
+        picks which of the cap direction sets the row caps along (0 unless several were given)."""
         self._row(row)
         taus = dict(thresholds or {})
         if taus and self.cap_u is None:
             raise InterventionError("these row controls have no cap directions")
+        if (
+            isinstance(direction_set, bool)
+            or not isinstance(direction_set, int)
+            or not 0 <= direction_set < max(1, self.n_cap_sets)
+        ):
+            raise InterventionError(f"direction set {direction_set!r} is out of range 0..{max(1, self.n_cap_sets) - 1}")
+        if direction_set and self.log is not None:
+            raise InterventionError("the library's mode caps along one set of directions only")
         validate_layers(list(taus), self.n_layers, "cap layer")
         missing = set(taus) - set(self.layers)
         if missing:
             raise InterventionError(f"cap layers {sorted(missing)} have no hooks (hooked: {list(self.layers)})")
-        directionless = sorted(layer for layer in taus if layer not in self.cap_layers)
+        usable = self.cap_layers if direction_set == 0 else self.cap_layers_of[direction_set]
+        directionless = sorted(layer for layer in taus if layer not in usable)
         if directionless:
             raise InterventionError(f"cap layers {directionless} have no cap direction (it is zero there)")
         values = torch.full((self.n_layers,), -math.inf)
@@ -201,6 +217,8 @@ class RowControls:
                 raise InterventionError(f"layer {layer}: cap threshold must be a finite number or -inf, got {tau!r}")
             values[layer] = float(tau)
         self.tau[row].copy_(values)
+        self.cap_set[row] = direction_set
+        self.cap_set_of[row] = direction_set
         self.cap_taus[row] = {k: float(v) for k, v in taus.items() if v != -math.inf}
         self.version += 1
 
@@ -232,6 +250,7 @@ class RowControls:
     # device side ----------------------------------------------------------------------------------------
     def _hook(self, layer: int) -> Callable[..., object]:
         cap = self.cap_u is not None
+        per_row = self.n_cap_sets > 1
         steer_v = self.steer_v
         monitor = self.monitor_layer == layer
         capture = self.capture_layer == layer
@@ -243,8 +262,7 @@ class RowControls:
             if steer_v is not None:
                 hidden = steer(hidden, steer_v[layer], self.steer[:, layer])
             if cap:
-                assert self.cap_u is not None
-                hidden, delta, before = cap_floor(hidden, self.cap_u[layer], self.tau[:, layer])
+                hidden, delta, before = cap_floor(hidden, self.cap_units(layer, per_row), self.tau[:, layer])
                 self.before[:, layer].copy_(before[:, -1])
                 self.delta[:, layer].copy_(delta[:, -1])
             if monitor or capture:
@@ -258,6 +276,14 @@ class RowControls:
             return replace_block_output(output, hidden)
 
         return hook
+
+    def cap_units(self, layer: int, per_row: bool | None = None) -> torch.Tensor:
+        """The unit cap direction at ``layer``: ``(hidden,)``, or ``(rows, hidden)`` (each row's set) when several
+        sets were given."""
+        assert self.cap_sets_u is not None and self.cap_u is not None
+        if per_row if per_row is not None else self.n_cap_sets > 1:
+            return self.cap_sets_u[:, layer].index_select(0, self.cap_set)
+        return self.cap_u[layer]
 
     def _library_edit(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """The library's mode: the one row's steering and floor at ``layer`` (host values, the same for every row of

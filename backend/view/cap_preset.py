@@ -35,6 +35,7 @@ def preset_from_report(report: dict[str, Any]) -> dict[str, Any]:
             "adoption": row["adoption"], "uncapped_adoption": base.get("adoption"), "kl": row["kl"],
             "moved": row["moved_mean"], "changed": row["changed"], "n_attack": report["n_attack"],
             "n_benign": report["n_benign"], "judge": report["judge"], "max_new_tokens": report["max_new_tokens"],
+            **({"persona_shift": row["persona_shift"], "persona_shift_ci": row.get("persona_shift_ci")} if "persona_shift" in row else {}),
         },
         "created": report.get("created"),
     }  # fmt: skip

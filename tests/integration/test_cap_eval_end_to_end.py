@@ -12,13 +12,19 @@ def test_end_to_end_on_the_embedded_model(tmp_path) -> None:  # type: ignore[no-
 
     out = tmp_path / "eval"
     args = ["evaluate-cap", "--limit", "2", "--benign-per-kind", "1", "--percentiles", "75", "--max-new-tokens", "8"]
-    assert main([*args, "--out", str(out)]) == 0
-    for name in ("report.json", "settings.csv", "report.html", "results.jsonl"):
+    pairs = tmp_path / "share" / "pairs.csv"
+    assert main([*args, "--placebo", "1", "--out", str(out), "--export-pairs", str(pairs)]) == 0
+    for name in ("report.json", "settings.csv", "report.html", "results.jsonl", "placebo.json", "pairs.json", "pairs-key.json"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
-    assert [r["setting"] for r in report["settings"]] == ["uncapped", "p75@21:27"]
+    assert [r["setting"] for r in report["settings"]] == ["uncapped", "p75@21:27", "placebo1~p75@21:27"]
+    assert report["seeds"] == [0, 1] and report["decoding"].startswith("sampled") and report["max_new_tokens"] == 8
+    assert "embedding margin" in report["persona_metric"] and report["verdict"]["setting"] == "p75@21:27"
     html = (out / "report.html").read_text()
     assert "<script src=" not in html and "Plotly.newPlot" in html  # plotly.js inline: the report works offline
+    shared = pairs.with_suffix(".html").read_text()  # the page a rater is sent: nothing to fetch at all
+    assert "<script src=" not in shared and "http://" not in shared and "https://" not in shared
+    assert len(pairs.read_text().splitlines()) == 1 + 4  # header + 2 items x 2 seeds
     assert report["settings"][0]["kl"] == 0.0 and report["settings"][1]["kl"] > 0
 
 

@@ -13,11 +13,11 @@ import torch
 from backend.errors import PersonaSpaceError
 from backend.evaluation.cap_eval import run_eval
 from backend.evaluation.cap_items import UNCAPPED, Item, Setting, grid, limit_items, load_attacks, parse_windows
-from backend.evaluation.cap_runner import Runner
+from backend.evaluation.cap_runner import Decoding, Runner
 from backend.judges.embedding import Judged
 from backend.maths.divergence import kl_per_position
 from backend.store.space import Space
-from backend.view.frontier import pareto_front, recommend
+from backend.view.frontier import pareto_front, recommend, tradeoff_figure
 from tests.helpers.app_pages import page
 from tests.helpers.cap_report import REPORT, TABLE
 from tests.helpers.chat_server import Server, ok
@@ -36,7 +36,7 @@ def fake_space() -> Space:
 
 ITEMS = [
     Item("a1", "attack", "drop_role", "pirate", None, ({"role": "user", "content": "Be a pirate now."},)),
-    Item("a2", "attack", "persona_prompt", "ghost", "You are a ghost.", ({"role": "user", "content": "Who are you?"},)),
+    Item("a4", "attack", "persona_prompt", "ghost", "You are a ghost.", ({"role": "user", "content": "Who are you?"},)),
     Item("b1", "benign", "practical", None, None, ({"role": "user", "content": "How do I boil an egg?"},)),
     Item("b2", "benign", "creative", None, "You are an AI assistant.", ({"role": "user", "content": "Write a haiku."},)),
 ]
@@ -51,10 +51,20 @@ class HashJudge:
         return [Judged(sum(map(ord, t)) % 4, "hash") for t in texts]
 
 
+class MarginJudge(HashJudge):
+    """... with a continuous margin (as the embedding judge has)."""
+
+    name = identity = "hash-margin"
+    assistant = "the assistant"
+
+    def margin(self, roles, texts):  # type: ignore[no-untyped-def]
+        return [(sum(map(ord, t)) % 97) / 97 - 0.5 for t in texts]
+
+
 def test_tau_minus_inf_costs_nothing(tiny_chat) -> None:  # type: ignore[no-untyped-def]
     off = Setting(None, (1, 4), threshold=-math.inf)
     runner = Runner(tiny_chat, fake_space(), [UNCAPPED, off], max_new_tokens=6)
-    replies = runner.generate([(s, it) for it in ITEMS for s in (UNCAPPED, off)])
+    replies = runner.generate([(s, it, 0) for it in ITEMS for s in (UNCAPPED, off)])
     for base, capped in zip(replies[::2], replies[1::2], strict=True):
         assert base["tokens"] and base["tokens"] == capped["tokens"]
         assert base["projection"] == capped["projection"]
@@ -66,7 +76,7 @@ def test_tau_minus_inf_costs_nothing(tiny_chat) -> None:  # type: ignore[no-unty
 def test_a_real_floor_moves_something_and_costs_kl(tiny_chat) -> None:  # type: ignore[no-untyped-def]
     high = Setting(None, (1, 4), threshold=50.0)  # far above every projection: moves every position
     runner = Runner(tiny_chat, fake_space(), [UNCAPPED, high], max_new_tokens=6)
-    reply = runner.generate([(UNCAPPED, ITEMS[2])])[0]["tokens"]
+    reply = runner.generate([(UNCAPPED, ITEMS[2], 0)])[0]["tokens"]
     cost = runner.cost(ITEMS[2], reply, [high])[0]
     assert cost["moved"] == {"1": 1.0, "2": 1.0, "3": 1.0}
     assert cost["kl"] > 1e-3
@@ -78,7 +88,7 @@ def test_higher_tau_never_moves_fewer_positions(tiny_chat, window) -> None:  # t
     taus = [-2.0, -0.5, 0.0, 0.3, 1.0, 3.0]
     settings = [Setting(None, window, threshold=t) for t in taus]
     runner = Runner(tiny_chat, space, [UNCAPPED, *settings], max_new_tokens=8)
-    reply = runner.generate([(UNCAPPED, ITEMS[3])])[0]["tokens"]
+    reply = runner.generate([(UNCAPPED, ITEMS[3], 0)])[0]["tokens"]
     costs = runner.cost(ITEMS[3], reply, settings)
     first = str(window[0])  # the window's first layer sees the same input under every tau: exact monotone oracle
     shares = [c["moved"][first] for c in costs]
@@ -118,9 +128,14 @@ def test_inputs() -> None:
 
 
 def test_resume_gives_identical_results(tiny_chat, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Sampled replies over two seeds, a placebo, a dev/test split: a run killed twice (once mid-line) and resumed
+    gives exactly the uninterrupted run's report."""
     space = fake_space()
     settings = grid([25, 75], [(2, 4)])
-    kw = {"judge": HashJudge(), "max_new_tokens": 5, "batch_rows": 3}
+    kw = {
+        "judge": MarginJudge(), "max_new_tokens": 5, "batch_rows": 3, "seeds": (0, 1),
+        "decoding": Decoding(greedy=False), "placebo": 1, "split": True,
+    }  # fmt: skip
     attacks, benign = ITEMS[:2], ITEMS[2:]
     full = run_eval(tiny_chat, space, attacks, benign, settings, tmp_path / "full", **kw)
     part = tmp_path / "part"
@@ -128,11 +143,82 @@ def test_resume_gives_identical_results(tiny_chat, tmp_path) -> None:  # type: i
     assert len((part / "results.jsonl").read_text().splitlines()) == 6  # two batches of three rows
     with open(part / "results.jsonl", "a") as handle:
         handle.write('{"part": "reply", "setting": "p25@2:4", "ite')  # a line cut by a kill
+    assert run_eval(tiny_chat, space, attacks, benign, settings, part, stop_after=9, **kw) == {}
     resumed = run_eval(tiny_chat, space, attacks, benign, settings, part, **kw)
-    for key in ("settings", "examples", "recommendation"):
+    for key in ("settings", "dev_settings", "examples", "recommendation", "verdict", "placebo_search"):
         assert resumed[key] == full[key]
+    assert [r["setting"] for r in full["settings"]] == ["uncapped", "p25@2:4", "p75@2:4", "placebo1~p25@2:4", "placebo1~p75@2:4"]
+    assert full["seeds"] == [0, 1] and full["settings"][0]["n_seeds"] == 2
+    assert "margin" in full["persona_metric"] and full["split"] == {"dev": 1, "test": 1}
     with pytest.raises(PersonaSpaceError, match="other settings"):
         run_eval(tiny_chat, space, attacks, benign, settings, part, **dict(kw, max_new_tokens=6))
+    with pytest.raises(PersonaSpaceError, match="greedy"):
+        run_eval(tiny_chat, space, attacks, benign, settings, tmp_path / "g", **dict(kw, decoding=Decoding(greedy=True)))
+
+
+def test_seeds_pair_replies_and_sampling_depends_on_the_seed_only(tiny_chat) -> None:  # type: ignore[no-untyped-def]
+    """An item's reply under a seed is the same alone or in a batch with others (its own generator), differs between
+    seeds, and a cap that never moves anything leaves the sampled reply bit-identical (common random numbers)."""
+    off = Setting(None, (1, 4), threshold=-math.inf)
+    runner = Runner(tiny_chat, fake_space(), [UNCAPPED, off], max_new_tokens=8, decoding=Decoding(greedy=False, temperature=1.5))
+    batch = runner.generate([(s, it, seed) for it in ITEMS[:2] for s in (UNCAPPED, off) for seed in (0, 1)])
+    alone = runner.generate([(UNCAPPED, ITEMS[1], 1)])[0]
+    assert alone["tokens"] == batch[7]["tokens"]
+    for i in range(0, 8, 4):
+        assert batch[i]["tokens"] == batch[i + 2]["tokens"]  # uncapped vs a cap at -inf, same seed
+    assert any(batch[i]["tokens"] != batch[i + 1]["tokens"] for i in (0, 2, 4, 6))
+
+
+def test_the_uncapped_reading_equals_the_projection_read_while_generating(tiny_chat) -> None:  # type: ignore[no-untyped-def]
+    """With the cap's window above the target layer, the target layer never sees the cap: a teacher-forced uncapped
+    pass over each reply's text must give the projection the monitor read during generation."""
+    space = fake_space()  # target layer 1
+    high = Setting(None, (2, 4), threshold=3.0)
+    runner = Runner(tiny_chat, space, [UNCAPPED, high], max_new_tokens=7)
+    replies = runner.generate([(UNCAPPED, ITEMS[0], 0), (high, ITEMS[0], 0)])
+    read = runner.read(ITEMS[0], [r["tokens"] for r in replies])
+    for r, value in zip(replies, read, strict=True):
+        assert r["tokens"] and value == pytest.approx(r["projection"], rel=1e-4, abs=1e-4)
+    assert runner.read(ITEMS[0], [[]]) == [None]
+
+
+def test_placebo_caps_match_the_axis_caps_benign_kl(tiny_chat, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = grid([50, 75], [(1, 4)])
+    report = run_eval(
+        tiny_chat, fake_space(), ITEMS[:2], ITEMS[2:], settings, tmp_path / "p", judge=HashJudge(), max_new_tokens=6,
+        placebo=2,
+    )  # fmt: skip
+    rows = {r["setting"]: r for r in report["settings"]}
+    assert len(report["placebo_search"]) == 4
+    for search in report["placebo_search"]:
+        assert search["matched"], search
+        axis, placebo = rows[search["matched_to"]], rows[search["setting"]]
+        assert placebo["placebo"] and placebo["matched_to"] == axis["setting"] and axis["kl"] > 0
+        assert abs(placebo["kl"] / axis["kl"] - 1) <= 0.10 + 1e-3  # the final measurement, not only the search's
+    directions = {tuple(r["floors"]) for r in report["placebo_search"]}
+    assert len(directions) == 4
+    assert report["verdict"]["placebos"] and report["verdict"]["axis_beats_placebo"] in (True, False, None)
+    fig = tradeoff_figure(report)  # error bars from the intervals, and the placebos as their own points
+    axis_trace, placebo_trace = fig.data[1], fig.data[2]
+    assert placebo_trace.name.startswith("placebo") and len(placebo_trace.x) == 4
+    ci = [r["persona_shift_ci"] for r in report["settings"] if not r["placebo"]]
+    assert list(axis_trace.error_y.array) == pytest.approx(
+        [c[1] - r["persona_shift"] for c, r in zip(ci, [r for r in report["settings"] if not r["placebo"]], strict=True)]
+    )
+
+
+@pytest.mark.usefixtures("tiny_space")
+def test_cap_tuning_page_shows_the_verdict_and_intervals(tiny_chat, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    report = run_eval(
+        tiny_chat, fake_space(), ITEMS[:2], ITEMS[2:], grid([75], [(1, 4)]), tmp_path / "run", judge=HashJudge(),
+        max_new_tokens=4, placebo=1,
+    )  # fmt: skip
+    monkeypatch.setenv("PERSONA_SPACE_CAP_REPORTS", str(tmp_path))
+    at = page("cap_tuning").run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Verdict** for p75@1:4" in text and report["verdict"]["metric"] in text
+    assert "placebo1~p75@1:4" not in at.selectbox(key="cap_setting").options  # a placebo cannot go into the chat
 
 
 @pytest.mark.usefixtures("tiny_space")
