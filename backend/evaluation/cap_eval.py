@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -225,7 +226,7 @@ def _placebos(
                 totals[at : at + len(chunk)] += [r["kl"] for r in runner.cost(item, replies[item.id], chunk)]
         return [float(x) for x in totals / len(benign)]
 
-    placebos, search = match_placebos(capped, axis_kl, k, stats, mean_kl)
+    placebos, search = match_placebos(capped, axis_kl, k, stats, mean_kl, progress=lambda text: print(text, file=sys.stderr))
     tmp = file.with_suffix(".tmp")
     tmp.write_text(json.dumps({**wanted, "seed": PLACEBO_SEED, "search": search}, indent=1))
     os.replace(tmp, file)

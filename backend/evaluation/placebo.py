@@ -7,26 +7,27 @@ same window along directions drawn at random (seeded), made orthogonal to the ax
 A placebo's floor at window layer ``l`` is ``mean_l + s * sd_l``: the mean and standard deviation of the uncapped
 model's projections on that direction, over every position of the benign items (prompt and the uncapped reply), and
 one level ``s`` for the whole window. The level is searched so that the placebo's mean benign KL matches the axis
-setting's within ``tolerance`` (10%): the mean KL grows with ``s``, so each round evaluates ``LEVELS`` levels spread
-over the current bracket in one teacher-forced pass per benign item (all searches share the pass as rows), keeps
-the two levels around the target as the next bracket (widening it when the target lies outside), and stops at the
-first level within the tolerance, or after ``rounds`` rounds with the closest level found (marked unmatched).
+setting's within :data:`TOLERANCE` (10%). The mean KL grows with ``s``: the first round measures the levels of
+:data:`START`; each later round measures one level per search, interpolated in log KL between the two measured levels
+closest around the target (or stepping out when the target lies beyond them), until a level is within the tolerance
+or after :data:`ROUNDS` rounds (the closest level kept, marked unmatched). A round is one teacher-forced pass per
+benign item that every search shares as rows.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from backend.evaluation.cap_items import Item, Setting
 
-LEVELS = 8
+START = (-1.0, 0.5, 2.0, 3.5)  # the first round's levels, in sds of the benign projections
 TOLERANCE = 0.10
-START = (-1.0, 6.0)
+ROUNDS = 8
 
 
 def placebo_directions(axis: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -45,39 +46,51 @@ def placebo_directions(axis: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 @dataclass
 class Search:
-    """One placebo's search: direction ``placebo`` matched to the axis setting ``target`` with benign KL ``kl``."""
+    """One placebo's search: direction ``placebo`` matched to the axis setting ``target`` with benign KL ``kl``.
+
+    ``points`` holds every (level, mean KL) measured. The next level comes from the two measured levels closest around
+    the target, interpolated linearly in log KL (the KL grows roughly exponentially with the floor); when every level
+    so far is too cheap (too costly), the search steps up (down) by twice the span measured."""
 
     target: Setting
     placebo: int
     kl: float
-    lo: float = START[0]
-    hi: float = START[1]
-    best: tuple[float, float] | None = None  # (level, kl)
-    rounds: int = 0
+    points: list[tuple[float, float]] = field(default_factory=list)
 
     def error(self, kl: float) -> float:
         return abs(kl / self.kl - 1.0) if self.kl > 0 else math.inf
 
     @property
+    def best(self) -> tuple[float, float] | None:
+        return min(self.points, key=lambda p: self.error(p[1])) if self.points else None
+
+    @property
     def done(self) -> bool:
-        return self.best is not None and self.error(self.best[1]) <= TOLERANCE
+        best = self.best
+        return best is not None and self.error(best[1]) <= TOLERANCE
+
+    @property
+    def rounds(self) -> int:
+        return 0 if not self.points else 1 + len(self.points) - len(START)
 
     def levels(self) -> list[float]:
-        return [self.lo + (self.hi - self.lo) * i / (LEVELS - 1) for i in range(LEVELS)]
+        if not self.points:
+            return list(START)
+        below = [p for p in self.points if p[1] < self.kl]
+        above = [p for p in self.points if p[1] >= self.kl]
+        span = max(p[0] for p in self.points) - min(p[0] for p in self.points) or 1.0
+        if not above:
+            return [max(p[0] for p in below) + 2 * span]
+        if not below:
+            return [min(p[0] for p in above) - 2 * span]
+        (s1, k1), (s2, k2) = max(below), min(above)
+        if k1 <= 0 or k2 <= k1:  # KL of exactly 0 below: bisect instead
+            return [(s1 + s2) / 2]
+        t = (math.log(self.kl) - math.log(k1)) / (math.log(k2) - math.log(k1))
+        return [s1 + min(max(t, 0.05), 0.95) * (s2 - s1)]  # never exactly on a measured level
 
     def update(self, levels: Sequence[float], kls: Sequence[float]) -> None:
-        self.rounds += 1
-        for s, kl in zip(levels, kls, strict=True):
-            if self.best is None or self.error(kl) < self.error(self.best[1]):
-                self.best = (s, kl)
-        above = [i for i, kl in enumerate(kls) if kl >= self.kl]
-        span = self.hi - self.lo
-        if not above:  # every level too cheap: look higher
-            self.lo, self.hi = levels[-1], levels[-1] + 2 * span
-        elif above[0] == 0:  # every level too costly: look lower
-            self.lo, self.hi = levels[0] - 2 * span, levels[0]
-        else:
-            self.lo, self.hi = levels[above[0] - 1], levels[above[0]]
+        self.points.extend(zip(levels, kls, strict=True))
 
 
 def floors_at(level: float, mean: torch.Tensor, sd: torch.Tensor) -> tuple[float, ...]:
@@ -91,7 +104,8 @@ def match_placebos(
     stats: Callable[[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]],
     mean_kl: Callable[[Sequence[Setting]], list[float]],
     *,
-    rounds: int = 6,
+    rounds: int = ROUNDS,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Setting], list[dict[str, Any]]]:
     """Search every placebo's floors; returns the placebo settings and a record of each search.
 
@@ -121,6 +135,8 @@ def match_placebos(
         for s, levels in plans:
             s.update(levels, kls[at : at + len(levels)])
             at += len(levels)
+        if progress:
+            progress(f"placebo search: {sum(s.done for s in searches)} of {len(searches)} matched")
     placebos, record = [], []
     for s in searches:
         level, kl = s.best if s.best is not None else (-math.inf, 0.0)

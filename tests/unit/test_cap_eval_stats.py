@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from backend.evaluation.degeneration import distinct2, repetition
-from backend.evaluation.placebo import Search, placebo_directions
+from backend.evaluation.placebo import START, Search, placebo_directions
 from backend.evaluation.verdict import choose, tri, verdict
 from backend.maths.bootstrap import Estimate, clustered_mean_ci, mean_ci, paired, per_unit
 from backend.maths.edits import cap_floor
@@ -96,14 +96,22 @@ def test_placebo_directions_are_unit_orthogonal_to_the_axis_and_seeded() -> None
     assert float((d[0] * d[1]).sum(-1).abs().max()) < 0.5  # distinct directions
 
 
-def test_the_search_brackets_the_target_and_widens_when_it_lies_outside() -> None:
+def test_the_search_interpolates_in_log_kl_and_steps_out_when_the_target_lies_beyond() -> None:
     s = Search(target=None, placebo=1, kl=0.5)  # type: ignore[arg-type]
-    levels = s.levels()
-    s.update(levels, [0.01 * i for i in range(len(levels))])  # all below the target: look higher
-    assert s.lo == levels[-1] and s.hi > levels[-1] and not s.done
-    levels = s.levels()
-    s.update(levels, [0.1 * i for i in range(len(levels))])  # 0.5 reached at index 5
-    assert (s.lo, s.hi) == (levels[4], levels[5]) and s.done and s.best == (levels[5], 0.5)
+    first = s.levels()
+    assert first == list(START)
+    s.update(first, [0.001, 0.002, 0.004, 0.008])  # all too cheap: step up by twice the span
+    (up,) = s.levels()
+    assert up == pytest.approx(START[-1] + 2 * (START[-1] - START[0])) and not s.done
+    s.update([up], [2.0])  # now bracketed by (3.5, 0.008) and (up, 2.0)
+    (guess,) = s.levels()
+    t = (math.log(0.5) - math.log(0.008)) / (math.log(2.0) - math.log(0.008))
+    assert guess == pytest.approx(3.5 + t * (up - 3.5))
+    s.update([guess], [0.52])
+    assert s.done and s.best == (guess, 0.52) and s.rounds == 3
+    costly = Search(target=None, placebo=1, kl=1e-4)  # type: ignore[arg-type]
+    costly.update(list(START), [0.1, 0.2, 0.3, 0.4])
+    assert costly.levels()[0] < START[0]
 
 
 def test_a_cap_with_one_direction_per_row_equals_each_row_capped_alone() -> None:
