@@ -30,6 +30,11 @@ from backend.maths.bootstrap import Estimate, clustered_mean_ci, mean_ci, paired
 from backend.store.space import Space
 from backend.view.frontier import pareto_front, recommend
 
+METRIC_WHY = (
+    "read from the reply's text by a model that is neither capped nor the axis's own, and continuous, so a reply that "
+    "mixes the persona's framing with Assistant content scores between the two; the axis projection of the text is "
+    "reported but not used, since the axis cap pushes exactly that reading and would beat the placebo by construction"
+)
 Key = tuple[str, int]  # (item, seed)
 Values = dict[Key, float | None]
 
@@ -131,7 +136,7 @@ def summarise(
         "model": config["model"], "space": config["space"], "judge": judge_name, "target_layer": space.target_layer,
         "max_new_tokens": config["max_new_tokens"], "decoding": decoding, "seeds": list(seeds),
         "n_attack": len(attacks), "n_benign": len(benign), "split": {"dev": len(dev), "test": len(test)} if split else None,
-        "persona_metric": metric, "settings": rows, "dev_settings": dev_rows if split else None,
+        "persona_metric": metric, "persona_metric_why": METRIC_WHY, "settings": rows, "dev_settings": dev_rows if split else None,
         "recommendation": rec, "verdict": decided, "placebo_search": list(placebo_search),
         "examples": table.examples(chosen, test),
         "bootstrap": "95% BCa bootstrap over items (each item's seeds averaged first), 4000 resamples, fixed seed",
