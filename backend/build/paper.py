@@ -39,7 +39,7 @@ from backend.build.paper_files import (
 from backend.errors import PersonaSpaceError, SpaceError
 from backend.maths.axis import compute_axis, project
 from backend.models.table import ModelSettings, settings_for
-from backend.store.space import sha256_file, write_space
+from backend.store.space import check_target, sha256_file, write_space
 
 POOL = "role and trait vectors"
 # The released axis should agree with default - mean(roles); below this minimum cosine the report warns.
@@ -73,7 +73,8 @@ def import_paper_vectors(
 
     Args:
         folder: the release folder for one model (see the module docstring for its layout).
-        out: where to write the space (replaced atomically if it exists).
+        out: where to write the space: a new or empty folder, or a space (replaced atomically); anything else is
+            refused (:func:`backend.store.space.check_target`).
         model_name: the model's spec and name in the manifest; the folder's name if not given. The release has no
             weights, so the fingerprint is ``paper-release:<sha256 of assistant_axis.pt>``.
         target_layer: override the target layer (else the paper's for a known shape, otherwise ``L // 2``).
@@ -91,6 +92,7 @@ def import_paper_vectors(
     """
 
     folder = Path(folder)
+    check_target(out)  # before reading the release: refused with one line, nothing touched
     if not folder.is_dir():
         raise SpaceError(f"{folder} is not a folder of released vectors")
     default = matrix(load_plain(folder / DEFAULT_FILE, folder), DEFAULT_FILE, None, DEFAULT_FILE)

@@ -31,7 +31,7 @@ from backend.build.workfolder import WorkFolder, progress
 from backend.catalogue import DEFAULT_ROLE, Catalogue
 from backend.errors import PersonaSpaceError
 from backend.models.loading import LoadedModel
-from backend.store.space import write_space
+from backend.store.space import check_target, write_space
 
 
 def collect(
@@ -111,6 +111,18 @@ def record_plan(work: WorkFolder, settings: BuildSettings, info: dict[str, Any])
     os.replace(tmp, work.root / PLAN_FILE)
 
 
+def check_places(out: Path, work_root: Path) -> None:
+    """Refuse, before any work, a space folder that writing would not replace cleanly (:func:`check_target`), and a
+    work folder that is the space folder or lies inside it: writing the space replaces that folder, answers and all."""
+    space = check_target(out)
+    work = Path(os.path.abspath(work_root))
+    if work == space or space in work.parents:
+        raise PersonaSpaceError(
+            f"the work folder {str(work_root)!r} is {'the' if work == space else 'inside the'} space folder {str(out)!r}: "
+            "writing the space replaces that folder, answers and all; choose a --work folder outside it"
+        )
+
+
 def build(
     loaded: LoadedModel | None,
     catalogue: Catalogue,
@@ -124,6 +136,7 @@ def build(
     """Run the build; returns the space's folder, or ``None`` when only a shard was built. With ``executor`` (Ray
     actors that hold the model) ``loaded`` may be ``None``: the executor describes the model."""
     started = time.time()
+    check_places(out, work_root)
     info = executor.info if executor is not None else loaded.info if loaded is not None else None
     if info is None:
         raise PersonaSpaceError("build needs a loaded model or an executor that holds one")
@@ -176,6 +189,7 @@ def rebuild(
     ``target_layer``, ``judge``, ...): no generation, no model. Gives the same space a fresh build with those
     settings gives."""
     started = time.time()
+    check_places(out, work_root)
     work = WorkFolder(Path(work_root))
     plan = work.root / PLAN_FILE
     if not plan.exists():

@@ -14,10 +14,11 @@ from backend.errors import PersonaSpaceError
 def cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backend.build.pipeline import build
+    from backend.build.pipeline import build, check_places
     from backend.build.plan import parse_shard
     from backend.build.settings import BuildSettings
     from backend.catalogue import load_catalogue
+    from backend.store.space import check_target
 
     settings = BuildSettings(
         prompts_per_role=args.prompts_per_role,
@@ -39,7 +40,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     catalogue = load_catalogue(args.catalogue)
     out = Path(args.out)
-    work = Path(args.work) if args.work else out.with_name(f".{out.name}.work")
+    place = check_target(out)  # before the model loads: a bad --out or --work costs nothing
+    work = Path(args.work) if args.work else place.with_name(f".{place.name}.work")
+    check_places(out, work)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

@@ -143,39 +143,25 @@ class EncodedConversation:
     text: str
     offsets: tuple[tuple[int, int], ...] = ()  # each token's characters in ``text``
     rendered: tuple[Message, ...] = ()  # the messages as given to the template (system placed as it allows)
+    contents: tuple[tuple[int, int], ...] = ()  # each rendered message's content: its characters in ``text``
 
 
 def encode_conversation(tokenizer: Any, system: str | None, turns: Sequence[Message]) -> EncodedConversation:
     """Render a conversation and find each assistant turn's own content tokens.
 
-    The rendered text is searched for each assistant message's content (in order); a token belongs to the turn
-    when its characters lie inside that content. Tokens that straddle the boundary with template text are left
-    out. Needs a fast tokenizer (offset mapping).
+    Each message's content is located by position (:func:`_content_chars`), never by searching the rendered text for
+    it; a token belongs to the turn when its characters lie inside that content (leading and trailing whitespace left
+    out). Tokens that straddle the boundary with template text are left out. Needs a fast tokenizer (offset mapping).
     """
     ensure_template(tokenizer)
     messages = build_messages(system, turns, tokenizer)
     text = _render(tokenizer, messages, add_generation_prompt=False)
+    contents = _content_chars(tokenizer, messages, text)
     char_spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, message in enumerate(messages):
-        content = message["content"]
-        if message["role"] != "assistant":
-            found = text.find(content.strip(), cursor) if content.strip() else -1
-            if found >= 0:
-                cursor = found + len(content.strip())
-            continue
-        needle = content.strip()
-        if not needle:
-            char_spans.append((cursor, cursor))
-            continue
-        found = text.find(needle, cursor)
-        if found < 0:
-            raise ChatTemplateError(
-                f"assistant message {i} does not appear verbatim in the rendered conversation; the chat template "
-                "rewrites it, so its tokens cannot be located"
-            )
-        char_spans.append((found, found + len(needle)))
-        cursor = found + len(needle)
+    for message, (lo, hi) in zip(messages, contents, strict=True):
+        if message["role"] == "assistant":
+            lead = len(text[lo:hi]) - len(text[lo:hi].lstrip())
+            char_spans.append((lo + lead, lo + lead + len(message["content"].strip())))
     try:
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except NotImplementedError as exc:
@@ -186,7 +172,52 @@ def encode_conversation(tokenizer: Any, system: str | None, turns: Sequence[Mess
     for lo, hi in char_spans:
         inside = [t for t, (a, b) in enumerate(offsets) if a >= lo and b <= hi and b > a]
         spans.append((inside[0], inside[-1] + 1) if inside else (0, 0))
-    return EncodedConversation(input_ids=ids, assistant_spans=spans, text=text, offsets=tuple(offsets), rendered=tuple(messages))
+    return EncodedConversation(
+        input_ids=ids, assistant_spans=spans, text=text, offsets=tuple(offsets), rendered=tuple(messages),
+        contents=tuple(contents),
+    )  # fmt: skip
+
+
+_MARK = "PS-MARK-{:05d}-e41b"
+
+
+def _content_chars(tokenizer: Any, messages: Sequence[Message], text: str) -> list[tuple[int, int]]:
+    """``[start, end)`` characters of each message's content in ``text`` (``messages`` rendered), as rendered.
+
+    The conversation is rendered once more with every content replaced by a marker: the template's own text around
+    the markers must then appear in ``text`` as it is, so each content is found by its position. Searching ``text``
+    for a content instead finds a short one ("a") inside the template's own text (its default system prompt).
+    """
+    marks = [_MARK.format(i) for i in range(len(messages))]
+    probe = _render(tokenizer, [{"role": m["role"], "content": k} for m, k in zip(messages, marks, strict=True)], False)
+    segments: list[str] = []  # the template's text before each marker, then after the last one
+    at = 0
+    for i, mark in enumerate(marks):
+        found = probe.find(mark, at)
+        if found < 0:
+            raise ChatTemplateError(f"the chat template does not write message {i} as given, so its tokens cannot be located")
+        segments.append(probe[at:found])
+        at = found + len(mark)
+    segments.append(probe[at:])
+    if not text.startswith(segments[0]):
+        raise ChatTemplateError("the chat template's opening depends on the messages' text, so their tokens cannot be located")
+    spans: list[tuple[int, int]] = []
+    cursor = len(segments[0])
+    for i, message in enumerate(messages):
+        after = segments[i + 1]
+        last = i == len(messages) - 1
+        for content in dict.fromkeys((message["content"], message["content"].strip())):  # as given, or trimmed
+            end = cursor + len(content)
+            if text.startswith(content, cursor) and (text[end:] == after if last else text.startswith(after, end)):
+                break
+        else:
+            raise ChatTemplateError(
+                f"message {i} does not appear verbatim in the rendered conversation; the chat template rewrites it, so "
+                "its tokens cannot be located"
+            )
+        spans.append((cursor, end))
+        cursor = end + len(after)
+    return spans
 
 
 @dataclass(frozen=True)
@@ -204,7 +235,8 @@ def message_layout(tokenizer: Any, encoded: EncodedConversation) -> MessageLayou
 
     A block starts where the rendering of the conversation up to that message ends (templates render a
     conversation's prefix as a prefix of the whole). The first message's block starts after the template's opening
-    and system prompt: found by the length of a user message's header, probed on a small conversation.
+    and system prompt: a user message's header (probed on a small conversation) before the message's content, whose
+    position ``encoded`` holds.
     """
     messages = list(encoded.rendered)
     text = encoded.text
@@ -221,9 +253,7 @@ def message_layout(tokenizer: Any, encoded: EncodedConversation) -> MessageLayou
                 "so messages cannot be cut into windows"
             )
         char_starts[i] = len(rendered)
-    char_starts[0] = _first_block_start(
-        tokenizer, text, conversation[0]["content"], char_starts[1] if len(conversation) > 1 else len(text)
-    )
+    char_starts[0] = _first_block_start(tokenizer, text, encoded.contents[offset][0])
     starts = tuple(_token_at(encoded.offsets, c, len(encoded.input_ids)) for c in char_starts)
     return MessageLayout(
         prefix=starts[0],
@@ -233,7 +263,8 @@ def message_layout(tokenizer: Any, encoded: EncodedConversation) -> MessageLayou
     )
 
 
-def _first_block_start(tokenizer: Any, text: str, content: str, end: int) -> int:
+def _first_block_start(tokenizer: Any, text: str, content_start: int) -> int:
+    """The first message's block starts a user header before its content (at ``content_start``, found by position)."""
     probe = [
         {"role": "user", "content": _PROBE_USER},
         {"role": "assistant", "content": _PROBE_SYSTEM},
@@ -243,9 +274,8 @@ def _first_block_start(tokenizer: Any, text: str, content: str, end: int) -> int
     three = _render(tokenizer, probe, add_generation_prompt=False)
     block = three[len(two) :] if three.startswith(two) else ""
     header = block[: block.find(probe[2]["content"])] if probe[2]["content"] in block else ""
-    found = text.find(content.strip(), 0, end) if content.strip() else -1
-    if header and found >= len(header) and text[found - len(header) : found] == header:
-        return found - len(header)
+    if header and content_start >= len(header) and text[content_start - len(header) : content_start] == header:
+        return content_start - len(header)
     raise ChatTemplateError("could not find where the first message starts in the rendered conversation")
 
 

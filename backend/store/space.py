@@ -1,8 +1,10 @@
 """The persona-space store: ``cached_activations/<space>/`` = ``space.safetensors`` + ``manifest.json``.
 
-Written atomically (a temp folder beside the target, then rename). The manifest names the model (spec, name and
+Written atomically (a temp folder beside the target, then rename), and only over a folder that is a space or is
+empty (:func:`check_target`: writing replaces the folder). The manifest names the model (spec, name and
 weights fingerprint), every build setting, per-role counts and judge scores, versions, the creation time and the
-SHA-256 of every data file; loading checks all of it and refuses a space built for another model.
+SHA-256 of every data file; loading checks all of it (text UTF-8 can encode, finite tensors of the shapes the
+manifest implies) and refuses a space built for another model.
 
 Tensors in ``space.safetensors`` (``R`` kept roles, ``L`` layers, ``d`` hidden, ``k`` PCA components, ``N`` pool
 answers):
@@ -43,7 +45,7 @@ from typing import Any
 import torch
 
 from backend.errors import SpaceError, SpaceMismatchError
-from backend.view.manifest import check_manifest, check_shapes
+from backend.view.manifest import check_manifest, check_shapes, check_text
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "space.safetensors"
@@ -104,11 +106,69 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_target(target: str | Path) -> Path:
+    """The absolute folder a space may be written to at ``target``, or a :class:`SpaceError` of one line.
+
+    Writing a space replaces its folder, so only a folder that does not exist yet, an empty one, or a space (its
+    manifest and tensor file, nothing else) is accepted; never a file, a symbolic link, the current folder or one
+    that holds it. Every writer calls this before its work (a build before generating) and :func:`write_space` again.
+    """
+    given = str(target)
+    folder = Path(os.path.abspath(target))  # "", "." and ".." name the current folder or one above it
+    here = Path.cwd()
+    if folder == here or folder in here.parents:
+        where = "is the current folder" if folder == here else "holds the current folder"
+        raise SpaceError(
+            f"refusing to write a space to {given!r}: it {where}, and writing a space replaces its folder; "
+            "name a folder of its own, e.g. cached_activations/NAME"
+        )
+    if folder.is_symlink():
+        raise SpaceError(f"refusing to write a space to {given!r}: it is a symbolic link; name the folder it points to")
+    if folder.exists() and not folder.is_dir():
+        raise SpaceError(f"refusing to write a space to {given!r}: it is a file, not a folder")
+    if not folder.exists():
+        return folder
+    entries = sorted(p.name for p in folder.iterdir())
+    if entries and MANIFEST not in entries:
+        raise SpaceError(
+            f"refusing to write a space to {given!r}: it is not a persona space (no {MANIFEST}) and not empty (it holds "
+            f"{_some(entries)}), and writing a space replaces its folder; name a new or empty folder, e.g. {str(Path(given) / 'NAME')!r}"
+        )
+    others = [e for e in entries if e not in (MANIFEST, TENSOR_FILE) and not e.startswith(".manifest-")]
+    if others:
+        raise SpaceError(
+            f"refusing to write a space to {given!r}: besides a space it holds {_some(others)}, which replacing the "
+            "space would delete; move them out or name another folder"
+        )
+    return folder
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(ascii(name) for name in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def check_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """None when every value of every tensor is a finite number, else one line naming the first tensor that is not."""
+    for name, tensor in tensors.items():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            return f"tensor {name} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or infinite) of {tensor.numel()}"
+    return None
+
+
 def write_space(target: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write a space atomically; an existing space at ``target`` is replaced only once the new one is complete."""
+    """Write a space atomically; an existing space at ``target`` is replaced only once the new one is complete.
+
+    Refused (:class:`SpaceError`, nothing written) when ``target`` is not a place for a space (:func:`check_target`)
+    or when the space would not load: text UTF-8 cannot encode, values that are not finite numbers.
+    """
     from safetensors.torch import save_file
 
-    target = Path(target)
+    given, target = Path(target), check_target(target)
+    problem = check_text(manifest) or check_finite(tensors)
+    if problem is not None:
+        raise SpaceError(f"refusing to write a space to {str(given)!r} that would not load: {problem}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -128,7 +188,7 @@ def write_space(target: Path, manifest: dict[str, Any], tensors: dict[str, torch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
+    return given
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -178,6 +238,9 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     problem = check_shapes(manifest, {name: tuple(t.shape) for name, t in tensors.items()})
     if problem is not None:
         raise SpaceError(f"{tensor_file} does not fit its manifest: {problem}")
+    problem = check_finite(tensors)
+    if problem is not None:
+        raise SpaceError(f"{tensor_file} holds values that are not numbers: {problem}; rebuild the space or undo the edit")
     space = Space(path=root, manifest=manifest, tensors=tensors)
     if fingerprint is not None:
         space.check_model(fingerprint, model_name)

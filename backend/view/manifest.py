@@ -1,7 +1,8 @@
 """The schema of a space's ``manifest.json``, checked on load (torch-free: the UI uses it too).
 
-Every field the code reads is checked for type and range, and the tensors' shapes against the manifest, so an
-edited or hand-made space is refused with one line naming the field instead of failing later with a traceback.
+Every field the code reads is checked for type and range, every text for being one UTF-8 can encode, and the
+tensors' shapes against the manifest, so an edited or hand-made space is refused with one line naming the field
+instead of failing later with a traceback (or, served, with a 500 on every answer that writes it out).
 """
 
 from __future__ import annotations
@@ -67,10 +68,46 @@ def _describe(exc: ValidationError) -> str:
     return f"field {where}: {err.get('msg', 'invalid')}{more}"
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(value: Any) -> str | None:
+    """None when every text in ``value`` (values and keys, at any depth) is one UTF-8 can encode, else one line naming
+    the first field that is not. JSON parses a lone surrogate such as ``"\\ud800"``; every answer that writes it out
+    then fails. The worker checks the JSON it receives the same way (``backend.worker.json_check``). Iterative."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if not _encodable(node):
+                return f"field {path or 'the manifest'}: text with an unpaired surrogate (not valid UTF-8)"
+        elif isinstance(node, dict):
+            if not all(_encodable(key) for key in node if isinstance(key, str)):
+                return f"field {path or 'the manifest'}: a key with an unpaired surrogate (not valid UTF-8)"
+            stack.extend(reversed([(item, _join(path, key)) for key, item in node.items()]))  # in the document's order
+        elif isinstance(node, (list, tuple)):
+            stack.extend(reversed([(item, _join(path, i)) for i, item in enumerate(node)]))
+    return None
+
+
+def _join(path: str, key: object) -> str:
+    if len(path) >= 200:  # a path that long is named by its start
+        return path
+    return f"{path}.{key}" if path else str(key)
+
+
 def check_manifest(manifest: Any) -> str | None:
     """None when ``manifest`` is well-formed, else one line naming the first bad field."""
     if not isinstance(manifest, dict):
         return f"it is not a JSON object (it is a {type(manifest).__name__})"
+    problem = check_text(manifest)
+    if problem is not None:
+        return problem
     try:
         m = _Manifest.model_validate(manifest)
     except ValidationError as exc:
