@@ -12,11 +12,14 @@ roles must alternate user/assistant, starting with the user.
 
 Projection is one teacher-forced pass over the whole conversation: for each assistant turn, the mean activation
 over that turn's own content tokens at the chosen layer, dotted with the unit axis. A conversation longer than
-the model's context is refused with a clear error, never silently truncated.
+the model's context is read in windows (:mod:`backend.reading.windows`) or refused with a clear error, never
+silently truncated. :class:`Reading` does the same work in steps of a bounded number of tokens, so that a caller
+(the worker) can run other work on the model between them.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -238,84 +241,166 @@ def project_transcript(
     context it saw and how many messages were left out. ``allow_window=False`` refuses a conversation that does not
     fit instead. ``tokens=True`` adds each assistant token's own projection and text.
     """
-    layer = space.target_layer if layer is None else layer
-    if not 0 <= layer < loaded.info.n_layers:
-        raise TranscriptError(f"layer {layer} is out of range: the model has layers 0..{loaded.info.n_layers - 1}")
-    encoded = encode_conversation(loaded.tokenizer, transcript.system, transcript.messages)
-    limit = max_context(loaded.model)
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 1 <= window):
-        raise TranscriptError(f"the window must be a positive number of tokens, got {window!r}")
-    size = limit if window is None else min(window, limit)
-    total = len(encoded.input_ids)
-    what = "the window" if size < limit else "the model's context"
-    if total > size and not allow_window:
-        raise TranscriptError(
-            f"the conversation is {total} tokens; {what} is {size}. Project it in windows (without --no-window) or "
-            "split the transcript: nothing was truncated silently"
-        )
-    assistant_index = [i for i, m in enumerate(transcript.messages) if m["role"] == "assistant"]
-    if total <= size:
-        groups = [(list(encoded.input_ids), 0, list(range(len(encoded.assistant_spans))))]
-        context = [start for start, _ in encoded.assistant_spans]
-        first_message = [0] * len(assistant_index)
-        unreadable: dict[int, str] = {}
-        plan_info: dict[str, Any] = {"windowed": False, "tokens_read": total}
-    else:
-        groups, context, first_message, unreadable, plan_info = _windowed_groups(loaded, encoded, size, history)
-    layers = sorted({layer, space.target_layer})
-    unit_axis = space.tensors["axis"][layer] / space.tensors["axis"][layer].norm()
-    device = next(loaded.model.parameters()).device
-    means: dict[int, torch.Tensor] = {}
-    per_token: dict[int, list[float]] = {}
-    for ids, shift, turns in groups:
+    reading = Reading(loaded, space, transcript, layer, window=window, history=history, tokens=tokens, allow_window=allow_window)
+    while not reading.step():
+        pass
+    return reading.result()
+
+
+class Reading:
+    """:func:`project_transcript` as steps of model work, so that a caller can use the model between them.
+
+    Making one encodes the conversation and plans its passes (no model work). Each :meth:`step` reads the next
+    ``slice_tokens`` positions (a whole pass when ``None``): a pass longer than that is fed in pieces through a KV cache,
+    the readers adding up each piece as it comes (the readings equal one pass's up to float rounding), and short passes
+    share a step. No hook stays on the model between steps, so other work may run on it meanwhile (the worker's chat
+    turns do: :mod:`backend.worker.engine`). Call every step on one thread, under ``torch.inference_mode``.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        space: Space,
+        transcript: Transcript,
+        layer: int | None = None,
+        *,
+        window: int | None = None,
+        history: float = 0.5,
+        tokens: bool = False,
+        allow_window: bool = True,
+        slice_tokens: int | None = None,
+    ) -> None:
+        layer = space.target_layer if layer is None else layer
+        if not 0 <= layer < loaded.info.n_layers:
+            raise TranscriptError(f"layer {layer} is out of range: the model has layers 0..{loaded.info.n_layers - 1}")
+        if slice_tokens is not None and slice_tokens < 1:
+            raise TranscriptError(f"a slice must read at least one token, got {slice_tokens}")
+        encoded = encode_conversation(loaded.tokenizer, transcript.system, transcript.messages)
+        limit = max_context(loaded.model)
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 1 <= window):
+            raise TranscriptError(f"the window must be a positive number of tokens, got {window!r}")
+        size = limit if window is None else min(window, limit)
+        total = len(encoded.input_ids)
+        what = "the window" if size < limit else "the model's context"
+        if total > size and not allow_window:
+            raise TranscriptError(
+                f"the conversation is {total} tokens; {what} is {size}. Project it in windows (without --no-window) or "
+                "split the transcript: nothing was truncated silently"
+            )
+        if total <= size:
+            self.groups = [(list(encoded.input_ids), 0, list(range(len(encoded.assistant_spans))))]
+            self.context = [start for start, _ in encoded.assistant_spans]
+            self.first_message = [0] * len(encoded.assistant_spans)
+            self.unreadable: dict[int, str] = {}
+            self.plan_info: dict[str, Any] = {"windowed": False, "tokens_read": total}
+        else:
+            self.groups, self.context, self.first_message, self.unreadable, self.plan_info = _windowed_groups(
+                loaded, encoded, size, history
+            )
+        self.loaded, self.space, self.transcript, self.encoded = loaded, space, transcript, encoded
+        self.layer, self.size, self.tokens, self.slice_tokens = layer, size, tokens, slice_tokens
+        self.layers = sorted({layer, space.target_layer})
+        self.unit_axis = space.tensors["axis"][layer] / space.tensors["axis"][layer].norm()
+        self.device = next(loaded.model.parameters()).device
+        self.cache_kw = "cache" if "cache" in inspect.signature(loaded.model.forward).parameters else "past_key_values"
+        self.means: dict[int, torch.Tensor] = {}
+        self.per_token: dict[int, list[float]] = {}
+        self.tokens_total = self.tokens_left = sum(len(ids) for ids, _, _ in self.groups)  # positions fed to the model
+        self._group = 0  # the pass being read
+        self._fed = 0  # its positions read so far
+        self._readers: tuple[list[Capture], list[Monitor]] | None = None
+        self._cache: Any = None  # the pass's KV cache while it is read in pieces
+
+    @property
+    def done(self) -> bool:
+        return self._group >= len(self.groups)
+
+    def step(self) -> bool:
+        """Read up to ``slice_tokens`` more positions (the next whole pass when ``None``); True once all are read."""
+        budget = self.slice_tokens
+        while not self.done and (budget is None or budget > 0):
+            ids, shift, turns = self.groups[self._group]
+            if self._readers is None:
+                self._readers = self._readers_for(ids, shift, turns)
+            end = len(ids) if budget is None else min(len(ids), self._fed + budget)
+            if self._cache is None and end < len(ids):  # this pass is read in pieces: keep its keys and values
+                from transformers import DynamicCache
+
+                self._cache = DynamicCache(config=self.loaded.model.config)
+            captures, monitor = self._readers
+            kwargs = {self.cache_kw: self._cache, "use_cache": True} if self._cache is not None else {}
+            with (
+                intervene(self.loaded.model, *captures, *monitor, layers_path=self.loaded.info.layers_path),
+                _stop_after(self.loaded.model, self.layers[-1], self.loaded.info.layers_path),
+            ):
+                self.loaded.model(input_ids=torch.tensor([ids[self._fed : end]], device=self.device), **kwargs)
+            if budget is not None:
+                budget -= end - self._fed
+            self.tokens_left -= end - self._fed
+            self._fed = end
+            if end == len(ids):
+                self._finish_pass(shift, turns)
+            if budget is None:
+                break
+        return self.done
+
+    def _readers_for(self, ids: list[int], shift: int, turns: list[int]) -> tuple[list[Capture], list[Monitor]]:
         captures = []
         for n in turns:
-            start, end = encoded.assistant_spans[n]
+            start, end = self.encoded.assistant_spans[n]
             mask = torch.zeros((1, len(ids)), dtype=torch.bool)
             mask[0, start - shift : end - shift] = True
-            captures.append(Capture(layers=layers, mask=mask))
-        monitor = [Monitor(unit_axis, layer)] if tokens else []
-        with (
-            intervene(loaded.model, *captures, *monitor, layers_path=loaded.info.layers_path),
-            _stop_after(loaded.model, layers[-1], loaded.info.layers_path),
-        ):
-            loaded.model(input_ids=torch.tensor([ids], device=device))
+            captures.append(Capture(layers=self.layers, mask=mask))
+        return captures, [Monitor(self.unit_axis, self.layer)] if self.tokens else []
+
+    def _finish_pass(self, shift: int, turns: list[int]) -> None:
+        assert self._readers is not None
+        captures, monitor = self._readers
         for n, capture in zip(turns, captures, strict=True):
-            means[n] = capture.mean()[0]
-            if tokens:
-                start, end = encoded.assistant_spans[n]
-                per_token[n] = monitor[0].readings()[0, start - shift : end - shift].tolist()
-    placement = Placement(space)
-    result_turns = []
-    for n, ((start, end), message_index) in enumerate(zip(encoded.assistant_spans, assistant_index, strict=True)):
-        entry: dict[str, Any] = {"index": n, "message_index": message_index, "n_tokens": end - start}
-        if n in means and end > start:
-            at_layer, at_target = means[n][layers.index(layer)], means[n][layers.index(space.target_layer)]
-            entry["projection"] = float(at_layer.double() @ unit_axis.double())
-            entry["pca"] = placement.pca(at_target)
-            entry["nearest"] = placement.nearest(at_target)
-        else:
-            entry["projection"] = None
-        if n in unreadable:
-            entry["error"] = unreadable[n]
-        else:
-            entry["context_tokens"] = context[n]
-            entry["first_message"] = first_message[n]
-            entry["left_out_messages"] = first_message[n]
-        if tokens and n in per_token:
-            entry["token_projections"] = [round(v, 5) for v in per_token[n]]
-            entry["token_texts"] = [encoded.text[a:b] for a, b in encoded.offsets[start:end]]
-        result_turns.append(entry)
-    return {
-        "model": loaded.info.name,
-        "space": str(space.path),
-        "layer": layer,
-        "tokens": total,
-        "window": size,
-        **plan_info,
-        "transcript_model": transcript.model,
-        "turns": result_turns,
-    }
+            self.means[n] = capture.mean()[0]
+            if self.tokens:
+                start, end = self.encoded.assistant_spans[n]
+                self.per_token[n] = monitor[0].readings()[0, start - shift : end - shift].tolist()
+        self._group += 1
+        self._fed, self._readers, self._cache = 0, None, None
+
+    def result(self) -> dict[str, Any]:
+        """What :func:`project_transcript` returns; call it once :meth:`step` has returned True."""
+        if not self.done:
+            raise TranscriptError(f"the reading is not finished: {self.tokens_left} tokens are left to read")
+        encoded, layers, layer, space = self.encoded, self.layers, self.layer, self.space
+        assistant_index = [i for i, m in enumerate(self.transcript.messages) if m["role"] == "assistant"]
+        placement = Placement(space)
+        result_turns = []
+        for n, ((start, end), message_index) in enumerate(zip(encoded.assistant_spans, assistant_index, strict=True)):
+            entry: dict[str, Any] = {"index": n, "message_index": message_index, "n_tokens": end - start}
+            if n in self.means and end > start:
+                at_layer, at_target = self.means[n][layers.index(layer)], self.means[n][layers.index(space.target_layer)]
+                entry["projection"] = float(at_layer.double() @ self.unit_axis.double())
+                entry["pca"] = placement.pca(at_target)
+                entry["nearest"] = placement.nearest(at_target)
+            else:
+                entry["projection"] = None
+            if n in self.unreadable:
+                entry["error"] = self.unreadable[n]
+            else:
+                entry["context_tokens"] = self.context[n]
+                entry["first_message"] = self.first_message[n]
+                entry["left_out_messages"] = self.first_message[n]
+            if self.tokens and n in self.per_token:
+                entry["token_projections"] = [round(v, 5) for v in self.per_token[n]]
+                entry["token_texts"] = [encoded.text[a:b] for a, b in encoded.offsets[start:end]]
+            result_turns.append(entry)
+        return {
+            "model": self.loaded.info.name,
+            "space": str(space.path),
+            "layer": layer,
+            "tokens": len(encoded.input_ids),
+            "window": self.size,
+            **self.plan_info,
+            "transcript_model": self.transcript.model,
+            "turns": result_turns,
+        }
 
 
 def _windowed_groups(

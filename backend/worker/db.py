@@ -7,10 +7,23 @@ Writes go through one connection guarded by a lock, shared by the generation thr
 use a second connection (WAL lets them run while a write transaction is open), so a reader never waits for a writer
 and sees only committed rows. Listeners hear of new events after their commit. JSON texts are strict
 (:mod:`backend.worker.db_json`); an import is written by :mod:`backend.worker.db_import`.
+
+The file must stay the one that was opened. SQLite goes on writing to a file that was deleted (or moved away, or
+replaced by another one) through the handle it holds, and a restart opens whatever is at the path, so everything
+written in between would be lost. Every write transaction therefore first checks that the database file and its
+``-wal`` and ``-shm`` files are still at their paths (same device and inode; SQLite's open handles keep the inode
+from being reused); when one is not, the write is refused with :class:`DatabaseLost` and ``/health`` says why. The
+worker never opens a new file by itself (the user's sessions would be split between two files without a word): it
+stays degraded until it is restarted, or until the same file is moved back. Reads go on from the open file, so
+sessions can still be exported first. When it first notices, it checkpoints its WAL into the file it opened (wherever
+that is now) and truncates it: a file moved away then holds every commit, and a file put in its place is not rolled
+forward with this database's WAL (left beside it under the same name) when the next worker opens it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -60,10 +73,24 @@ CREATE INDEX IF NOT EXISTS events_session ON events(session_id, seq);
 """
 
 ACTIVE = ("queued", "running")
+log = logging.getLogger("persona_space.worker")
 
 
 class DatabaseError(PersonaSpaceError):
     """The sessions database cannot be opened or written; the message names the file and what to do."""
+
+
+class DatabaseLost(sqlite3.OperationalError):
+    """The database file was deleted, moved away or replaced while the worker ran: writes are refused (503)."""
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file at ``path`` as (device, inode); None when there is none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 class Database:
@@ -99,11 +126,47 @@ class Database:
             raise DatabaseError(
                 f"cannot open the sessions database {self.path}: {exc} (is it a SQLite file in a folder you can write?)"
             ) from exc
+        # the files SQLite holds open, as opened (the probe's write made the -wal and -shm files)
+        self._files: dict[str, tuple[int, int] | None] = {}
+        self._checkpointed = False  # the WAL was checkpointed since the file was lost
         problem = self.probe()
         if problem is not None:
             raise DatabaseError(
                 f"the sessions database {self.path} is not writable: {problem}; fix its permissions or pass another --db"
             )
+        if self.path != ":memory:":
+            self._files = {f: _identity(f) for f in (self.path, self.path + "-wal", self.path + "-shm")}
+
+    def lost(self) -> str | None:
+        """Why the database file (or its -wal or -shm file) is no longer the one opened; None while it is. The first
+        time it is not, the WAL is checkpointed into the opened file and truncated (see the module docstring)."""
+        for path, opened in self._files.items():
+            now = _identity(path)
+            if opened is None or now == opened:
+                continue
+            what = "deleted or moved away" if now is None else "replaced by another file"
+            back = ", or move the file back" if now is None else ""
+            if not self._checkpointed:
+                self._checkpointed = True
+                try:
+                    with self.lock:  # through SQLite's open handles: only the files it opened are touched
+                        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    log.warning("the WAL of the lost database could not be checkpointed: %s", exc)
+            return (
+                f"the sessions database file {path} was {what} while the worker ran; nothing more is stored, so that "
+                f"nothing is acknowledged that a restart would not find (sessions can still be read and exported): "
+                f"restart the worker to start a new database{back}"
+            )
+        self._checkpointed = False
+        return None
+
+    def check_file(self) -> None:
+        """Raise :class:`DatabaseLost` (remembered for /health) when the database file is not the one opened."""
+        lost = self.lost()
+        if lost is not None:
+            self.write_error = lost
+            raise DatabaseLost(lost)
 
     def probe(self) -> str | None:
         """Try a real write (rolled back); None when the database is writable, else the reason. Updates write_error."""
@@ -124,6 +187,7 @@ class Database:
         with self.lock:
             try:
                 self._written.clear()
+                self.check_file()  # a write to a file that is gone would be acknowledged and then lost
                 self.conn.execute("BEGIN IMMEDIATE")
                 yield
                 self.conn.execute("COMMIT")
@@ -134,7 +198,7 @@ class Database:
                         self.conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                if isinstance(exc, sqlite3.OperationalError):
+                if isinstance(exc, sqlite3.OperationalError) and not isinstance(exc, DatabaseLost):
                     self.write_error = f"the database cannot be written: {exc}"
                 raise
             self.write_error = None
@@ -307,6 +371,7 @@ class Database:
         Every JSON text is made before, and the inserts run on a connection of their own: readers (and the stream
         of events) go on meanwhile; other writers wait for the commit. (Large imports are written by a child process
         with ``write_import``; see ``backend.worker.importer``.)"""
+        self.check_file()  # before a connection of its own could make a new, empty file at the path
         try:
             if self.path == ":memory:":
                 with self.lock:

@@ -1,6 +1,7 @@
 """Writing a checked session export (``backend.worker.imports.Prepared``) into the sessions database under a new
 id, in one transaction on a connection of its own: the server's :meth:`backend.worker.db.Database.import_session`
-and the import child of :mod:`backend.worker.importer` both write through :func:`write_import`."""
+and the import child of :mod:`backend.worker.importer` both write through :func:`write_import`. :func:`export_bytes`
+bounds the size of the export of what it writes, before it is written."""
 
 from __future__ import annotations
 
@@ -71,5 +72,51 @@ def _import_rows(conn: sqlite3.Connection, sid: str, now: float, prepared: Any) 
 
 def _with_turn(text: str, turn: int, status: str | None = None) -> str:
     """A JSON object's text (made without ``turn``/``status``) with those keys added, without parsing it again."""
-    extra = f'"turn": {turn}' + (f", {json.dumps('status')}: {json.dumps(status)}" if status is not None else "")
-    return text[:-1] + (", " if text != "{}" else "") + extra + "}"
+    extra = f'"turn":{turn}' + (f',"status":{json.dumps(status)}' if status is not None else "")
+    return text[:-1] + ("," if text != "{}" else "") + extra + "}"
+
+
+# The size of an export (GET /sessions/{sid}/export: compact JSON, non-ASCII escaped) of what write_import stores,
+# bounded from the texts it stores. Ids, sequence numbers and times are counted at their widest, so the bound
+# depends on the content only: an export imported again has the same bound, and is accepted again.
+_ID = 2**63 - 1  # 19 digits: the largest id or sequence number SQLite gives
+_SEED = -(2**63)  # 20 characters: the widest integer SQLite stores
+_TIME = -2.2250738585072014e-308  # 24 characters: the widest repr of a float
+_SID = "0" * 16
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+_EVENT = _size({"seq": _ID, "turn": _ID, "type": "", "data": None, "time": _TIME}) - 4 + 1  # without data; a comma
+_TURN = _size({"id": _ID, "session_id": _SID, "role": "", "variant": "", "reply_to": _ID, "content": None,
+               "status": "", "seed": _SEED, "created": _TIME, "finished": _TIME, "summary": None, "undone": False}) - 8 + 1  # fmt: skip
+_MADE = _size({"turn": _ID, "role": "", "variant": "", "reply_to": _ID, "content": None, "status": ""}) - 4
+_TURN_KEY = len(',"turn":') + len(str(_ID))
+_STATUS_KEY = len(',"status":""')
+
+
+def export_bytes(prepared: Any) -> int:
+    """An upper bound on the bytes of the export of the session ``write_import`` stores from ``prepared``, less its
+    ``model`` and ``space`` (``backend.worker.imports.EXPORT_HEADROOM`` covers those)."""
+    system, title = _size(prepared.system), _size(prepared.title)
+    controls = len(prepared.controls_json)
+    session = _size({"id": _SID, "created": _TIME, "title": None, "system": None, "controls": None, "controls_version": _ID})
+    created = _size({"system": None, "controls": None, "controls_version": 0, "imported": True})
+    total = 200 + session - 12 + title + system + controls  # the header's keys, with room
+    total += _EVENT + len('"session_created"') + created - 8 + system + controls
+    undone = 0
+    for t in prepared.turns:
+        content = _size(t.content)
+        summary = len(t.summary_json) if t.summary_json is not None else 4
+        variant, status = len(t.variant), len(t.status)
+        total += _TURN + len(t.role) + variant + status + content + summary
+        total += _EVENT + len('"turn_created"') + _MADE + len(t.role) + variant + status + (content if t.role == "user" else 2)
+        total += sum(_EVENT + len('"token"') + len(text) + _TURN_KEY for text in prepared.tokens.get(t.id, ()))
+        if t.role == "assistant":
+            total += _EVENT + len('"turn_end"') + len(t.end_json) + _TURN_KEY + _STATUS_KEY + status
+        undone += t.undone
+    if undone:
+        total += _EVENT + len('"undo"') + _size({"turns": [_ID] * undone})
+    return total

@@ -10,6 +10,15 @@ Each turn runs on :class:`backend.decode.engine.Decoder` with :class:`backend.ho
 (:mod:`backend.worker.turn`): a comparison's capped and uncapped columns are one job and one batch of two rows (the
 cap on the capped row only, each row with its own generator seeded alike), so each column equals what its
 single-row run would produce. The queue's items are in :mod:`backend.worker.jobs`.
+
+A transcript projection (``POST /project``) is queued as a :class:`backend.worker.jobs.Projection` and read a slice
+at a time (:data:`PROJECTION_SLICE_TOKENS` positions, a fraction of a second for the embedded model on two cores)
+between turns: after each slice a queued turn runs first, and after each turn the next slice, so neither starves
+the other. Before each slice a projection whose client went away or whose deadline passed is dropped.
+
+:meth:`Engine.shutdown` stops the engine for good: the running turn ends ``incomplete`` at its next step (with the
+tokens it has), queued turns are marked ``incomplete``, queued calls and projections fail, and the generation thread
+ends, so that the interpreter never exits while it runs torch code.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from backend.store.space import Space
 from backend.view.cap_preset import default_cap
 from backend.worker.db import Database
 from backend.worker.imports import describe
-from backend.worker.jobs import Call, Conflict, ControlError, Job
+from backend.worker.jobs import Call, Conflict, ControlError, Job, Overdue, Projection, ShuttingDown
 from backend.worker.schemas import Controls, ControlsPatch, WindowError, fit_controls
 from backend.worker.turn import run_turn
 
@@ -49,6 +58,11 @@ log = logging.getLogger("persona_space.worker")
 # prompt plus max_new_tokens fits. A larger cache costs attention time every step (it is read whole), and a one-row
 # step ~2 ms less than a two-row one, so the small ones come first.
 COMPILED_SHAPES = ((1, 512), (2, 512), (1, 1024), (2, 1024))
+
+# Positions of a transcript read per slice of a projection: the embedded model reads 128 in ~0.3-1 s on one busy core
+# (up to its target layer, later slices attending to more cached positions), against ~15 s for a 4,096-token pass in
+# one go; read in pieces, a pass costs 10-25% more in all.
+PROJECTION_SLICE_TOKENS = 128
 
 
 class Engine:
@@ -70,6 +84,9 @@ class Engine:
         self.cap_window = tuple(space.manifest.get("cap_window") or info.cap_window)
         self.jobs: deque[Job] = deque()
         self.calls: deque[Call] = deque()  # served before queued turns
+        self.projections: deque[Projection] = deque()  # a slice at a time, taking turns with the queued turns
+        self.projecting: Projection | None = None  # the one whose slice runs now
+        self.turn_next = True  # after a slice a queued turn goes first; after a turn, a slice
         self.cond = threading.Condition()
         self.running: Job | None = None
         self.pending: dict[str, tuple[Controls, int]] = {}
@@ -103,11 +120,38 @@ class Engine:
         self.thread.start()
 
     def close(self) -> None:
+        """Stop taking work: the running turn ends ``incomplete`` at its next step; the loop then ends."""
         with self.cond:
             self.closed = True
             if self.running is not None:
-                self.running.stop.set()
+                for job in [self.running] + ([self.running.partner] if self.running.partner is not None else []):
+                    job.stop.set()
             self.cond.notify_all()
+
+    def shutdown(self, timeout: float) -> bool:
+        """Close, wait up to ``timeout`` s for the generation thread to end, and mark the turns still queued
+        ``incomplete``. True when the thread has ended (or never started)."""
+        self.close()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+        with self.cond:
+            left, self.jobs = list(self.jobs), deque()
+        for job in left:
+            for each in [job] + ([job.partner] if job.partner is not None else []):
+                try:
+                    self.db.finish_turn(
+                        each.turn_id, "incomplete", {"reason": "the worker stopped before this turn started", "n_tokens": 0},
+                        only_if="queued",
+                    )  # fmt: skip
+                except Exception as exc:  # the database may be gone too: the next start marks them
+                    log.warning("turn %s was left queued: %s", each.turn_id, exc)
+        stopped = not self.thread.is_alive()
+        if stopped:  # anything still marked queued or running (a turn taken just as the engine closed) is not
+            try:
+                self.db.recover()
+            except Exception as exc:
+                log.warning("turns left running are marked incomplete at the next start: %s", exc)
+        return stopped
 
     # controls -------------------------------------------------------------------------------------------
     def default_controls(self) -> Controls:
@@ -234,19 +278,21 @@ class Engine:
                     return
                 if isinstance(job, Call):
                     self._call(job)
+                elif isinstance(job, Projection):
+                    self._slice(job)
                 else:
                     self._serve(job)
             except Exception:  # nothing may end this thread: log, pause a moment, go on
                 log.exception("the generation loop hit an error")
                 time.sleep(0.5)
 
-    def _next_job(self) -> Job | Call | None:
+    def _next_job(self) -> Job | Call | Projection | None:
         while True:
             self._record_failures()
             with self.cond:
                 if self.calls and not self.closed:
                     return self.calls.popleft()
-                while not self.jobs and not self.calls and not self.closed:
+                while not self.jobs and not self.calls and not self.projections and not self.closed:
                     # while failures wait to be recorded (the database was not writable), retry them every second
                     if self.unrecorded:
                         self.cond.wait(1.0)
@@ -254,15 +300,23 @@ class Engine:
                     self.cond.wait()
                 if self.closed:
                     for call in self.calls:  # nobody will run them: their callers get an error, not a hang
-                        call.error = PersonaSpaceError("the worker is shutting down")
+                        call.error = ShuttingDown("the worker is shutting down")
                         call.done.set()
                     self.calls.clear()
+                    for projection in self.projections:
+                        self._drop(projection, ShuttingDown("the worker is shutting down; nothing was kept"))
+                    self.projections.clear()
                     return None
                 if self.calls:
                     return self.calls.popleft()
-                if self.jobs:
+                if self.jobs and (self.turn_next or not self.projections):
+                    self.turn_next = False
                     self.running = self.jobs.popleft()
                     return self.running
+                if self.projections:
+                    self.turn_next = True
+                    self.projecting = self.projections.popleft()
+                    return self.projecting
 
     def _serve(self, job: Job) -> None:
         try:
@@ -275,6 +329,47 @@ class Engine:
         finally:
             with self.cond:
                 self.running = None
+
+    def _slice(self, projection: Projection) -> None:
+        """One slice of ``projection`` (its planning first), then back to the end of the queue until it is read."""
+        why = projection.cancelled
+        if why is None and time.monotonic() > projection.deadline:
+            why = "its deadline passed"
+        if why is not None:
+            log.info("a projection was dropped (%s) %s", why, projection.progress())
+            with self.cond:
+                self.projecting = None
+            self._drop(projection, self._overdue(projection) if projection.cancelled is None else PersonaSpaceError(why))
+            return
+        try:
+            with self.model_lock, torch.inference_mode():
+                if projection.reading is None:
+                    projection.reading = projection.begin()
+                elif projection.reading.step():
+                    projection.result = projection.reading.result()
+        except Exception as exc:  # the caller re-raises it (a transcript that cannot be read: 400)
+            projection.error = exc
+        with self.cond:
+            self.projecting = None
+            if projection.result is None and projection.error is None:
+                if not self.closed:
+                    self.projections.append(projection)
+                    return
+                projection.error = ShuttingDown("the worker is shutting down; nothing was kept")
+        projection.done.set()
+
+    @staticmethod
+    def _overdue(projection: Projection) -> Overdue:
+        return Overdue(
+            f"the projection ran past its deadline of {projection.seconds:g} s {projection.progress()}; nothing was "
+            "kept. Ask for a longer deadline (up to 3600 s), project a shorter transcript, or use "
+            "`python -m backend project-transcript`"
+        )
+
+    @staticmethod
+    def _drop(projection: Projection, error: BaseException) -> None:
+        projection.error, projection.reading = error, None  # frees its cache
+        projection.done.set()
 
     def _compile_steps(self) -> None:
         """Compile the decode step for each shape in turn; each serves from the moment it is ready."""
@@ -353,13 +448,50 @@ class Engine:
             monitor=(self.target, self.axis[self.target]), capture_layer=self.target, device=device,
         )  # fmt: skip
 
-    def project(
-        self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False
-    ) -> dict[str, Any]:
-        """Project a transcript (any accepted format) with the loaded model; waits for a running turn."""
-        from backend.reading.transcripts import parse_transcript, project_transcript
+    def submit_projection(
+        self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False,
+        deadline: float = 300.0,
+    ) -> Projection:  # fmt: skip
+        """Queue the projection of a transcript (any accepted format), to be read a slice at a time between turns
+        and dropped once ``deadline`` seconds have passed; wait on its ``done``."""
+        from backend.reading.transcripts import Reading, parse_transcript
 
         transcript = parse_transcript(data)  # a malformed transcript is refused here, without queueing
-        return self.call(
-            lambda: project_transcript(self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens)
-        )
+
+        def begin() -> Reading:
+            return Reading(
+                self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens,
+                slice_tokens=PROJECTION_SLICE_TOKENS,
+            )  # fmt: skip
+
+        projection = Projection(begin, time.monotonic() + deadline, deadline)
+        with self.cond:
+            if self.closed:
+                raise ShuttingDown("the worker is shutting down")
+            self.projections.append(projection)
+            self.cond.notify_all()
+        return projection
+
+    def projection_work(self) -> dict[str, int]:
+        """The projections queued or being read, and the tokens they have left to read (for /health)."""
+        with self.cond:
+            queued = list(self.projections) + ([self.projecting] if self.projecting is not None else [])
+        return {"queued": len(queued), "tokens_left": sum(p.tokens_left for p in queued)}
+
+    def project(
+        self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False,
+        deadline: float = 300.0,
+    ) -> dict[str, Any]:  # fmt: skip
+        """:meth:`submit_projection`, waiting for the result (read on this thread when the generation thread is not
+        running)."""
+        projection = self.submit_projection(data, layer, window=window, history=history, tokens=tokens, deadline=deadline)
+        while not self.thread.is_alive() and not projection.done.is_set():
+            with self.cond:
+                if projection in self.projections:
+                    self.projections.remove(projection)
+            self._slice(projection)
+        projection.done.wait()
+        if projection.error is not None:
+            raise projection.error
+        assert projection.result is not None
+        return projection.result

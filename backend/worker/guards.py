@@ -1,5 +1,5 @@
-"""What stands between the network and the worker's routes: which hosts are loopback, the Host and Origin checks
-of a token-free worker, the streamed body limit, and the wake-up of idle event followers."""
+"""What stands between the network and the worker's routes: which hosts are loopback, the bearer token, the strict
+Host and Origin checks of a token-free worker, the streamed body limit, and the wake-up of idle event followers."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import re
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 
@@ -32,32 +32,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _hostname(value: str) -> str:
-    """The host part of a ``Host`` header value (``name``, ``name:port``, ``[v6]:port``); empty when malformed."""
-    value = value.strip()
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def host_of(value: str) -> str | None:
+    """The host of a ``Host`` value: ``name[:port]`` or ``[v6-address][:port]`` and nothing else (no userinfo,
+    path, backslash, whitespace or text after the brackets); None when it is anything else."""
     if value.startswith("["):
         end = value.find("]")
-        return value[1:end] if end > 0 else ""
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        if "%" in host:  # a zone id: text the address does not need
+            return None
+    else:
+        host, colon, port = value.partition(":")
+        rest = colon + port
+        if not _NAME.fullmatch(host):
+            return None
+    if rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:]) and int(rest[1:]) <= 65535):
+        return None
+    return host
 
 
 def loopback_host(header: str) -> bool:
     """A request addressed to this machine by a loopback name (a DNS-rebound name like evil.example is not)."""
-    name = _hostname(header).lower()
+    name = (host_of(header) or "").lower()
     return name == "localhost" or name.endswith(".localhost") or (bool(name) and is_loopback(name))
 
 
 def allowed_origin(origin: str | None, fetch_site: str | None) -> bool:
-    """Requests without an Origin come from programs (the app, curl); a browser's must come from this machine."""
+    """Requests without an Origin come from programs (the app, curl); a browser's must come from this machine,
+    named exactly as browsers send it: ``http(s)://host[:port]`` (a host as :func:`host_of` reads it)."""
     if fetch_site is not None and fetch_site.strip().lower() == "cross-site":
         return False
     if origin is None:
         return True
-    try:
-        host = urlsplit(origin.strip()).hostname or ""
-    except ValueError:
-        return False
-    return loopback_host(host if ":" not in host else f"[{host}]")
+    scheme, sep, authority = origin.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and loopback_host(authority)
 
 
 async def _answer(send: Send, status: int, error: str) -> None:
@@ -67,13 +84,18 @@ async def _answer(send: Send, status: int, error: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+ONCE = (b"host", b"origin", b"sec-fetch-site", b"authorization")  # what the Gate decides on: one of each at most
+
+
 class Gate:
-    """Who may talk to the worker: with a token, whoever sends ``Authorization: Bearer <token>``; without one (loopback
-    only), requests addressed to a loopback name and not sent by another web site."""
+    """Who may talk to the worker: with a token, whoever sends ``Authorization: Bearer <token>`` (the scheme in any
+    case, RFC 7235); without one (loopback only), requests addressed to a loopback name and not sent by another web
+    site. A request naming one of :data:`ONCE` twice is refused: which of the two a proxy or a browser meant is
+    unknowable, and the first is not the safe guess."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token is not None else None
+        self.token = token.encode() if token is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,9 +103,14 @@ class Gate:
             return
         headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", ()):
-            headers.setdefault(name.lower(), value)
-        if self.expected is not None:
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            name = name.lower()
+            if name in headers and name in ONCE:
+                await _answer(send, 400, f"the {name.decode().title()} header is sent more than once; send it once")
+                return
+            headers[name] = value
+        if self.token is not None:
+            scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(credentials.lstrip(b" "), self.token)):
                 await _answer(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)")
                 return
         else:

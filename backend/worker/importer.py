@@ -11,7 +11,10 @@ few milliseconds, the same code checks them, and no process is started for them.
 
 Errors are those the route gave when FastAPI decoded the body itself: 422 with FastAPI's locations for a body that
 is missing, not JSON or not an object; 400 for one that cannot be decoded at all (invalid UTF-8, nesting too deep);
-422 with the field for an export that fails the checks of ``backend.worker.imports``.
+400 naming the place for JSON the worker will not store (:mod:`backend.worker.json_check`: text with an unpaired
+surrogate, nesting deeper than its ``MAX_DEPTH``), checked here whether or not a middleware checked the body before;
+422 with the field for an export that fails the checks of ``backend.worker.imports``; 413 for one whose session would
+export to more than an import accepts.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+from backend.worker import json_check
 from backend.worker.db import Database
 from backend.worker.db_import import connect, write_import
-from backend.worker.imports import ExportError, Prepared, check
+from backend.worker.imports import ExportError, ExportTooLarge, Prepared, check
 
 # Measured on the 2-core machine (shared, load ~9): decoding and checking cost 40-66 ms of CPU per MiB, all of it
 # under the interpreter lock when done in the server; a warm child adds nothing measurable (24 ms for a 119 KiB import
@@ -79,7 +83,8 @@ def check_body(raw: bytes, content_type: str | None) -> None:
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object (NaN and Infinity decode as floats: the checks refuse them by field)."""
+    """The body as a JSON object (NaN and Infinity decode as floats: the checks refuse them by field), holding only
+    text UTF-8 can encode and nested at most ``json_check.MAX_DEPTH`` deep: what every answer can write out again."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -88,6 +93,10 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise Refused(400, "There was an error parsing the body") from exc
     if not isinstance(data, dict):
         raise Refused(422, "Input should be a valid dictionary", ("body",), "dict_type")
+    try:
+        json_check.check(data)
+    except json_check.UnacceptableJSON as exc:
+        raise Refused(400, f"the session export cannot be stored: {exc}") from exc
     return data
 
 
@@ -95,6 +104,8 @@ def prepare_raw(raw: bytes, n_layers: int, cap_window: tuple[int, int]) -> Prepa
     """Decode and check an import for a model with ``n_layers`` layers and the space's ``cap_window``."""
     try:
         return check(decode(raw), n_layers, cap_window)
+    except ExportTooLarge as exc:
+        raise Refused(413, str(exc)) from exc
     except ExportError as exc:
         raise Refused(422, str(exc)) from exc
 

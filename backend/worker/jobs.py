@@ -1,5 +1,6 @@
-"""What the engine's queue holds: a turn to generate (:class:`Job`), work run on the generation thread for another
-thread (:class:`Call`), and the two errors a request to the engine can meet."""
+"""What the engine's queues hold: a turn to generate (:class:`Job`), work run on the generation thread for another
+thread (:class:`Call`), a transcript read a slice at a time between turns (:class:`Projection`), and the errors a
+request to the engine can meet."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ class ControlError(PersonaSpaceError, ValueError):
 
 class Conflict(PersonaSpaceError):
     """The request conflicts with the session's state (e.g. undo while a turn runs)."""
+
+
+class Overdue(PersonaSpaceError):
+    """Queued work (a projection) that ran past its deadline: dropped, nothing kept (the route answers 504)."""
+
+
+class ShuttingDown(PersonaSpaceError):
+    """The worker is stopping: queued work is not run (the route answers 503)."""
 
 
 @dataclass
@@ -37,3 +46,37 @@ class Call:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclass
+class Projection:
+    """A transcript projection, run on the generation thread one slice at a time, taking turns with the chat turns.
+
+    Its first slice calls ``begin``, which encodes the conversation and plans its passes (a
+    :class:`backend.reading.transcripts.Reading`); each later slice is one :meth:`~backend.reading.transcripts.Reading.step`.
+    Before each slice the engine drops it, with ``error`` set, once :meth:`cancel` was called (its client went away)
+    or ``deadline`` (``time.monotonic()``) has passed; ``done`` is set when it is finished either way.
+    """
+
+    begin: Callable[[], Any]
+    deadline: float
+    seconds: float  # the deadline as asked for, for the messages
+    reading: Any = None
+    cancelled: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+    def cancel(self, why: str) -> None:
+        """Drop it before its next slice (nothing is waiting for it any more)."""
+        self.cancelled = self.cancelled or why
+
+    @property
+    def tokens_left(self) -> int:
+        """Tokens still to read (0 until the conversation is planned, by the first slice)."""
+        return int(self.reading.tokens_left) if self.reading is not None else 0
+
+    def progress(self) -> str:
+        if self.reading is None:
+            return "before the conversation was even encoded"
+        return f"after reading {self.reading.tokens_total - self.tokens_left} of its {self.reading.tokens_total} tokens"

@@ -26,7 +26,38 @@ def _encodable(text: str) -> bool:
 
 def check(value: Any, *, max_depth: int = MAX_DEPTH, where: str = "body") -> None:
     """Raise :class:`UnacceptableJSON` if ``value`` nests deeper than ``max_depth`` or holds text (a value or a key)
-    that is not valid UTF-8. Iterative, so a hostile depth cannot exhaust the stack here."""
+    that is not valid UTF-8. Iterative, so a hostile depth cannot exhaust the stack here. A first walk keeps no paths
+    (an 18 MiB import is mostly fine); only when it finds something does a second walk name where."""
+    if _fine(value, max_depth):
+        return
+    _locate(value, max_depth, where)
+
+
+def _fine(value: Any, max_depth: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is str:
+            if not node.isascii() and not _encodable(node):
+                return False
+        elif isinstance(node, dict):
+            if depth >= max_depth:
+                return False
+            for key, item in node.items():
+                if isinstance(key, str) and not key.isascii() and not _encodable(key):
+                    return False
+                if isinstance(item, (str, dict, list)):
+                    stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            if depth >= max_depth:
+                return False
+            stack.extend((item, depth + 1) for item in node if isinstance(item, (str, dict, list)))
+        elif isinstance(node, str) and not _encodable(node):  # a str subclass
+            return False
+    return True
+
+
+def _locate(value: Any, max_depth: int, where: str) -> None:
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         node, path, depth = stack.pop()

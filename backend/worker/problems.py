@@ -1,11 +1,16 @@
 """How the worker answers an error: one JSON shape, ``{"error": <message a person can read>, "detail": ...}``,
 and which status each kind of failure gets (422 invalid request or controls, 409 conflict, 400 refused input,
-404 unknown session, 503 database unusable, 500 anything unexpected)."""
+404 unknown session, 503 database unusable, 500 anything unexpected).
+
+Every answer is small whatever the request held: a validation error lists at most :data:`MAX_LISTED` problems
+(and says how many more), each location and message cut to :data:`MAX_PART_CHARS`, and the whole message to
+:data:`MAX_ERROR_CHARS`."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,10 +22,32 @@ from backend.errors import PersonaSpaceError
 from backend.worker.jobs import Conflict, ControlError
 
 log = logging.getLogger("persona_space.worker")
+MAX_LISTED = 5  # as many as an import's errors list (backend.worker.imports.describe)
+MAX_PART_CHARS = 200
+MAX_ERROR_CHARS = 2000
+
+
+def _short(text: str, limit: int = MAX_PART_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, and writable as UTF-8: the body checks keep unpaired surrogates out of
+    requests, and this keeps one out of an answer that quotes a request, whatever raised it."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def problem(status: int, error: str, detail: Any = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+    return JSONResponse(status_code=status, content={"error": _short(error, MAX_ERROR_CHARS), "detail": detail})
+
+
+def _invalid(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The first few of pydantic's ``errors`` as one line (``where: what; ...``) and as ``[{loc, msg}]``, short."""
+    parts, detail = [], []
+    for err in errors[:MAX_LISTED]:
+        loc = [x if isinstance(x, int) else _short(str(x), 80) for x in err.get("loc", ())]
+        message = _short(str(err.get("msg", "invalid")).removeprefix("Value error, "))
+        parts.append(f"{_short('.'.join(str(x) for x in loc if x != 'body') or 'body', 120)}: {message}")
+        detail.append({"loc": loc, "msg": _short(str(err.get("msg", "invalid")))})
+    more = f" (and {len(errors) - MAX_LISTED} more)" if len(errors) > MAX_LISTED else ""
+    return "invalid request: " + "; ".join(parts) + more, detail
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -28,15 +55,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-            parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
-        return problem(
-            422,
-            "invalid request: " + "; ".join(parts),
-            [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()],
-        )
+        return problem(422, *_invalid(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

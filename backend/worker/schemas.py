@@ -11,6 +11,12 @@ MAX_SYSTEM_CHARS = 4000
 MAX_NEW_TOKENS = 1024
 MAX_TITLE_CHARS = 200
 MAX_THRESHOLD = 1e9  # |cap_threshold|: far beyond any projection, small enough to stay finite in float32
+# Sampling divides float32 logits by the temperature, then keeps the tokens whose preceding mass is below top_p, in
+# float32 (backend.maths.sampling). A temperature of 1e-38 sends logits to inf (softmax then gives NaN, and every
+# turn fails); a top_p of 1e-300 is 0 in float32 and keeps no token (0/0). From 0.01, logits up to 3e36 stay finite
+# (and sampling is all but greedy there); from 1e-3, top_p always keeps the top token.
+MIN_TEMPERATURE = 0.01
+MIN_TOP_P = 1e-3
 
 
 class Strict(BaseModel):
@@ -31,8 +37,8 @@ class Controls(Strict):
     cap_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the space's cap window")
     steer_coefficient: float = Field(0.0, ge=-4, le=4, description="multiples of the layer's mean activation norm")
     steer_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the target layer only")
-    temperature: float = Field(0.7, gt=0, le=2)
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(0.7, ge=MIN_TEMPERATURE, le=2)
+    top_p: float = Field(0.9, ge=MIN_TOP_P, le=1)
     greedy: StrictBool = True
     seed: int = Field(0, ge=0, le=2**31 - 1)
     max_new_tokens: int = Field(160, ge=1, le=MAX_NEW_TOKENS)
@@ -76,8 +82,8 @@ class ControlsPatch(Strict):
     cap_layers: tuple[int, int] | None = None
     steer_coefficient: float | None = Field(None, ge=-4, le=4)
     steer_layers: tuple[int, int] | None = None
-    temperature: float | None = Field(None, gt=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=MIN_TEMPERATURE, le=2)
+    top_p: float | None = Field(None, ge=MIN_TOP_P, le=1)
     greedy: StrictBool | None = None
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)

@@ -11,14 +11,24 @@ routes that need the model answer 503. While the database cannot be written, ``/
 A large session import is decoded, checked and written by a child process (``backend.worker.importer``), so it never
 stalls the other requests.
 
+SIGINT (Ctrl-C) and SIGTERM stop the worker cleanly, mid-turn too: the engine closes as the signal arrives (the
+running turn ends ``incomplete`` at its next step, with its tokens), the server stops, the generation thread is
+joined, and ``serve`` returns 130 after SIGINT and 0 after SIGTERM. Should a thread that runs model code still be
+running then (a model still loading, a decode step compiling), the process ends with ``os._exit``: the
+interpreter's own exit would end that thread inside torch's C++ code and abort ("terminate called without an active
+exception"). Everything acknowledged is in the database either way.
+
 This module assembles the app (the guards of :mod:`backend.worker.guards`, the error answers of
 :mod:`backend.worker.problems`, the routes of :mod:`backend.worker.routes`), loads the model and serves it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +39,7 @@ from fastapi import FastAPI
 
 from backend.errors import PersonaSpaceError
 from backend.kernels import cpu_threads, int8_linear
+from backend.worker.bodies import JSONBodies
 from backend.worker.db import Database
 from backend.worker.engine import Engine
 from backend.worker.guards import BodyLimit, EventNotifier, Gate, is_loopback
@@ -39,6 +50,9 @@ from backend.worker.state import WorkerState
 
 log = logging.getLogger("persona_space.worker")
 MAX_BODY = 20 * 2**20
+SHUTDOWN_WAIT_S = 5.0  # for the generation thread to end (a decode step or a projection's slice takes far less)
+# threads that run model code (torch, numba): the interpreter must not exit while one runs
+MODEL_THREADS = frozenset({"loader", "generation", "compile-steps", "compile-step", "umap-warm-up"})
 
 
 def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
@@ -52,6 +66,8 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if state.engine is not None:  # the running turn ends incomplete, queued ones are marked so
+                await asyncio.to_thread(state.engine.shutdown, SHUTDOWN_WAIT_S)
             importer.close()  # the import child, if one was started
 
     app = FastAPI(
@@ -61,6 +77,8 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.worker, app.state.notifier, app.state.importer = state, notifier, importer  # see backend.worker.state
+    # innermost: every JSON body checked once, as it enters; the import checks its own (in a child when large)
+    app.add_middleware(JSONBodies, unchecked=("/sessions/import",))
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(Gate, token=token)  # outermost: nothing is read before the caller is let in
     add_error_handlers(app)
@@ -102,8 +120,8 @@ def load_in_background(
 def read_token(token: str | None, token_file: str | None) -> str | None:
     """The bearer token: from ``token_file`` (its first line), else ``--token``, else ``PERSONA_SPACE_TOKEN``."""
     if token_file:
-        try:
-            text = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        try:  # utf-8-sig: a byte order mark (Notepad writes one) is not part of the token
+            text = Path(token_file).read_text(encoding="utf-8-sig").strip().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise PersonaSpaceError(f"cannot read the token file {token_file}: {exc}") from exc
         if not text or not text[0].strip():
@@ -127,7 +145,8 @@ def serve(
     trust_remote_code: bool = False,
     compile: bool = True,
     precision: str = "default",
-) -> None:
+) -> int:
+    """Serve until SIGINT or SIGTERM; returns the exit code (130 after SIGINT, else 0: see the module docstring)."""
     import uvicorn
 
     from backend.models.loading import cache_dir, load_model, resolve
@@ -153,7 +172,9 @@ def serve(
     space = load_space(space_path)
     _, name, fingerprint = resolve(model_spec, cache_dir(cache))
     space.check_model(fingerprint, name)  # refuse a mismatched space before anything starts
-    db = Database(db_path or Path(cache_dir(cache)) / "worker.sqlite3")
+    if db_path is not None and not str(db_path).strip():
+        raise PersonaSpaceError("the database path is empty (leave it out for the default in the cache folder)")
+    db = Database(db_path if db_path is not None else Path(cache_dir(cache)) / "worker.sqlite3")
     state = WorkerState(model_spec=model_spec, space_path=str(space_path), db=db)
 
     def load() -> tuple[Any, Any]:
@@ -163,6 +184,65 @@ def serve(
             int8_linear.install(loaded.model)
         return loaded, space
 
-    load_in_background(state, model_spec, str(space_path), load, threads, compile)
     app = create_app(state, token)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if state.engine is not None:  # now, not after the graceful shutdown: its followers see the turn end
+                state.engine.close()
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2))
+
+    def stop() -> None:  # a signal before uvicorn handles them (or after): stop serving, or do not start
+        server.should_exit = True
+        if state.engine is not None:
+            state.engine.close()
+
+    # from here on no signal ends the process while a model thread runs: uvicorn handles them while it serves and
+    # raises each again once it has stopped, and they land here
+    with _StopSignals(stop) as stops:
+        try:
+            load_in_background(state, model_spec, str(space_path), load, threads, compile)
+            server.run()
+        finally:
+            _leave(state, stops.code())
+    return stops.code()
+
+
+class _StopSignals:
+    """Records SIGINT and SIGTERM (and calls ``stop``) instead of ending the process, until ``serve`` returns."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
+        self.seen: list[int] = []
+
+    def __enter__(self) -> _StopSignals:
+        self.previous = {sig: signal.signal(sig, self._note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, sig: int, frame: Any) -> None:
+        self.seen.append(sig)
+        self.stop()
+
+    def code(self) -> int:
+        return 130 if signal.SIGINT in self.seen else 0
+
+
+def _leave(state: WorkerState, code: int) -> None:
+    """After the server stopped: stop the engine (if the lifespan did not), then close the database, or end the
+    process at once when a model thread is still running (see the module docstring)."""
+    if state.engine is not None:
+        state.engine.shutdown(SHUTDOWN_WAIT_S)
+    busy = sorted({t.name for t in threading.enumerate() if t.is_alive() and t.name in MODEL_THREADS})
+    if busy:
+        log.warning("stopping without waiting for %s; everything acknowledged is stored", ", ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    state.db.close()

@@ -55,6 +55,9 @@ async def _notifier(request: Request) -> EventNotifier:
 
 
 async def _importer(request: Request) -> Importer:
+    # an import child opens the database by its path: a lost file (Database.lost) is refused before one could make
+    # a new, empty file there (503, like every other write)
+    request.app.state.worker.db.check_file()
     return request.app.state.importer
 
 

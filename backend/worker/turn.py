@@ -6,6 +6,8 @@ one fits (its spare rows are twins of the first, capped nowhere) or eagerly on a
 At the start of every step a pending control change of the session is applied in place to the rows' floors and
 steering (it acts on the forward pass over the next token) and recorded as ``controls_applied``; every token is
 written with its event as it is produced, and each row's turn ends with its summary and its place in the space.
+A turn stopped because the worker is stopping (``engine.closed``) ends ``incomplete`` with the tokens it has, placed
+without waiting for the map (PCA and nearest archetypes; no UMAP while it may still be building).
 
 Runs on the engine's generation thread only, with the model lock held.
 """
@@ -50,6 +52,7 @@ class Engine(Protocol):
     max_context: int
     stop_ids: set[int]
     pad_id: int
+    closed: bool  # the worker is stopping
 
     def validate_controls(self, controls: Controls) -> Controls: ...
 
@@ -223,7 +226,9 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
         decoder, prompts + [prompts[0]] * twins, new_tokens, choose=choose, on_step=emit,
         layers_path=loaded.info.layers_path, stop=lambda: any(j.stop.is_set() for j in jobs), attach=compiled is None,
     )  # fmt: skip
-    if any(j.stop.is_set() for j in jobs):
+    if engine.closed:
+        _end(engine, rows, live, "incomplete", "the worker stopped during this turn", state.version, started)
+    elif any(j.stop.is_set() for j in jobs):
         _end(engine, rows, live, "stopped", "stopped by the user", state.version, started)
     _end(engine, rows, live, "done", "end of turn", state.version, started)
 
@@ -256,12 +261,16 @@ def _end(
         }  # fmt: skip
         if r.tokens:
             mean = live.capture_mean()[i]
+            axis = engine.axis[engine.target]
             try:
-                summary.update(engine.placement.place(mean))
-                summary["mean_projection"] = summary.pop("projection")
+                if status == "incomplete":  # the worker is stopping: no waiting for the map
+                    summary.update(pca=engine.placement.pca(mean), nearest=engine.placement.nearest(mean))
+                    summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
+                else:
+                    summary.update(engine.placement.place(mean))
+                    summary["mean_projection"] = summary.pop("projection")
             except Exception as exc:  # the reply stands even if it cannot be placed in the space
                 log.exception("placing turn %s failed", r.job.turn_id)
-                axis = engine.axis[engine.target]
                 summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
                 summary["placement_error"] = f"{type(exc).__name__}: {exc}"
         final = engine.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)

@@ -1,28 +1,34 @@
 """What the worker is and has loaded: ``GET /health``, ``GET /space``, and ``POST /project`` (a transcript read with
-the loaded model)."""
+the loaded model, a slice at a time between chat turns: see :mod:`backend.worker.engine`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from backend.kernels import int8_linear
+from backend.worker.jobs import Overdue, ShuttingDown
 from backend.worker.state import State
 
 router = APIRouter()
+
+PROJECT_DEADLINE_S = 300.0  # as long as the app's client waits for /project (app/client.py)
+MAX_PROJECT_DEADLINE_S = 3600.0
 
 
 @router.get("/health")
 def health(state: State) -> dict[str, Any]:
     engine = state.engine
-    # a failed write marks the database; otherwise look at most every 5 s (a real write, rolled back)
-    if state.db.write_error or time.time() - state.probed > 5:
+    # The database file deleted, moved away or replaced: a stat of its files, on every call. Else a failed write
+    # marks the database; otherwise look at most every 5 s (a real write, rolled back).
+    degraded = state.db.lost()
+    if degraded is None and (state.db.write_error or time.time() - state.probed > 5):
         state.probed = time.time()
         degraded = state.db.probe()
-    else:
-        degraded = None
     ready = engine is not None and engine.ready.is_set() and state.error is None and degraded is None
     status = "failed" if state.error else "degraded" if degraded else "ready" if ready else state.status
     out: dict[str, Any] = {
@@ -36,6 +42,7 @@ def health(state: State) -> dict[str, Any]:
             model_name=engine.loaded.info.name,
             queue_length=engine.queue_length(),
             running_turn=job.turn_id if (job := engine.running) is not None else None,
+            projections=engine.projection_work(),
             tokens_generated=engine.tokens_generated,
             decode_step=engine.compile_state,
             precision="int8" if int8_linear.installed(engine.loaded.model) else engine.loaded.info.dtype,
@@ -62,13 +69,39 @@ def space(state: State, layer: Annotated[int | None, Query(ge=0, le=10_000)] = N
 
 
 @router.post("/project")
-def project(
+async def project(
+    request: Request,
     state: State,
     body: Annotated[Any, Body(description="a conversation: an OpenAI-style message list or the paper's transcript JSON")],
     layer: Annotated[int | None, Query(ge=0, le=10_000)] = None,
     window: Annotated[int | None, Query(ge=16, le=1_000_000, description="read in windows of at most N tokens")] = None,
     history: Annotated[float, Query(ge=0, le=1, description="share of a window kept as history when it moves")] = 0.5,
     tokens: Annotated[bool, Query(description="add each assistant token's projection and text")] = False,
+    deadline: Annotated[
+        float,
+        Query(gt=0, le=MAX_PROJECT_DEADLINE_S, description="seconds before the projection is given up (504) and dropped"),
+    ] = PROJECT_DEADLINE_S,
 ) -> dict[str, Any]:
     engine = state.need_engine()
-    return engine.project(body, layer, window=window, history=history, tokens=tokens)
+    try:
+        projection = await run_in_threadpool(
+            engine.submit_projection, body, layer, window=window, history=history, tokens=tokens, deadline=deadline
+        )
+    except ShuttingDown as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
+    try:
+        while not projection.done.is_set():  # the generation thread reads it; this only waits, and watches the client
+            if await request.is_disconnected():
+                projection.cancel("its client went away")
+                raise HTTPException(status_code=400, detail="the client went away: the projection was dropped")
+            await asyncio.sleep(0.05)
+    finally:
+        projection.cancel("its request ended")  # nothing once it is done; drops it when this wait was cancelled
+    if isinstance(projection.error, Overdue):
+        raise HTTPException(status_code=504, detail=str(projection.error)) from projection.error
+    if isinstance(projection.error, ShuttingDown):
+        raise HTTPException(status_code=503, detail=str(projection.error)) from projection.error
+    if projection.error is not None:
+        raise projection.error  # a transcript that cannot be read: 400
+    assert projection.result is not None
+    return projection.result

@@ -1,11 +1,16 @@
 """A session out and in: ``GET /sessions/{sid}/export`` (the session, every turn, every event) and
-``POST /sessions/import`` (such an export, checked and written under a new id by :mod:`backend.worker.importer`)."""
+``POST /sessions/import`` (such an export, checked and written under a new id by :mod:`backend.worker.importer`).
+
+The export is written here, as compact JSON with non-ASCII text escaped: the form whose size the import bounds
+before it stores a session (:func:`backend.worker.db_import.export_bytes`), so an export always fits the import's
+body limit and imports again."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
@@ -15,13 +20,20 @@ from backend.worker.state import Imports, SessionId, State
 router = APIRouter()
 
 
-@router.get("/sessions/{sid}/export")
-def export_session(state: State, sid: SessionId) -> dict[str, Any]:
+EXPORTED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the session export", "content": {"application/json": {"schema": {"type": "object"}}}}
+}
+
+
+@router.get("/sessions/{sid}/export", response_class=Response, responses=EXPORTED)
+def export_session(state: State, sid: SessionId) -> Response:
     session = state.session_or_404(sid)
-    return {
+    export = {
         "format": "persona-space-session", "version": 1, "model": state.model_spec, "space": state.space_path,
         "session": session, "turns": state.db.turns(sid, include_undone=True), "events": state.db.events(sid, 0, 10**9),
     }  # fmt: skip
+    body = json.dumps(export, allow_nan=False, separators=(",", ":")).encode("ascii")
+    return Response(body, media_type="application/json")
 
 
 @router.post(
