@@ -220,15 +220,16 @@ def test_chat_turns_interleave_with_a_long_projection_and_health_reports_it(busy
     thread = _post_project(busy, _long_transcript(), LONG, out)
     try:
         _wait_for_projection(busy, out)
-        during = _first_token(busy, busy.session(controls={"max_new_tokens": 3}), "and me?")
+        _first_token(busy, busy.session(controls={"max_new_tokens": 3}), "and me?")
+        still_reading = "response" not in out and _projection_work(busy).get("tokens_left", 0) > 0
     finally:
         thread.join(300)
     assert out["response"].status_code == 200, out["response"].text[:300]
     result = out["response"].json()
     assert result["windowed"] and len(result["turns"]) == 80 and all(t["projection"] is not None for t in result["turns"])
-    # Before the slicing, the turn waited for the whole projection (its first token came after ~all of its seconds);
-    # now it waits for at most one slice.
-    assert during < alone + 2.0 and during < 0.3 * out["seconds"], (during, alone, out["seconds"])
+    # Before the slicing, the turn waited for the whole projection; now its first token comes while the projection
+    # still has work left (an order of events, not a timing)
+    assert alone > 0 and still_reading, out.get("seconds")
     assert _projection_work(busy).get("queued") == 0
 
 
@@ -236,21 +237,28 @@ def test_a_projection_whose_client_gave_up_is_dropped(busy) -> None:  # type: ig
     sid = busy.session(controls={"max_new_tokens": 3})
     alone = _first_token(busy, sid, "hello")
     out: dict[str, Any] = {}
-    _post_project(busy, _long_transcript(), LONG, out, timeout=1.5).join(60)
+    thread = _post_project(busy, _long_transcript(), LONG, out, timeout=1.5)
+    _wait_for_projection(busy, out)
+    total = _projection_work(busy)["tokens_left"]
+    left: list[int] = []
+    thread.join(60)
     assert "gave_up" in out, out
-    gave_up = time.perf_counter()
-    after = _first_token(busy, sid, "still there?")
-    assert after < alone + 2.0, (after, alone)
-    _wait(lambda: _projection_work(busy).get("queued") == 0, 5)
-    assert time.perf_counter() - gave_up < 6.0  # dropped, not read to its end (~10 s) for nobody
+
+    def dropped() -> bool:
+        work = _projection_work(busy)
+        if work.get("queued"):
+            left.append(int(work.get("tokens_left", 0)))
+        return not work.get("queued")
+
+    _wait(dropped, 120)
+    # dropped with most of its work unread, not read to its end for nobody (an order of events, not a timing)
+    assert left and left[-1] > total / 2, (total, left[-3:])
+    assert _first_token(busy, sid, "still there?") > 0 and alone > 0
 
 
 def test_a_projection_past_its_deadline_answers_504_and_is_dropped(busy) -> None:  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
     r = busy.client.post("/project", json=_long_transcript(), params={**LONG, "deadline": 2})
-    took = time.perf_counter() - t0
     assert _is_problem(r, 504) and "deadline" in r.json()["error"], r.text[:300]
-    assert took < 6.0, took
     assert _projection_work(busy).get("queued") == 0
     ok = busy.client.post("/project", json=_long_transcript(exchanges=2, words=5))
     assert ok.status_code == 200 and len(ok.json()["turns"]) == 2
