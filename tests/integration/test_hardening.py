@@ -377,6 +377,9 @@ def test_an_unwritable_database_mid_turn_fails_the_turn_and_the_worker_recovers(
             r = w.client.post(f"/sessions/{second}/messages", json={"content": "now?"})
             assert r.status_code == 503 and "database" in r.json()["error"]
             assert w.client.get(f"/sessions/{first}").status_code == 200  # reads still work
+            # keep it frozen until the engine has tried (and failed) both turns: /health can see the database
+            # unwritable (its own probe) before a slowed engine thread has tried its next write
+            _wait(lambda: (h := w.client.get("/health").json())["running_turn"] is None and h["queue_length"] == 0)
         finally:
             _freeze(files, False)
         _wait(lambda: w.client.get("/health").json()["ready"])
