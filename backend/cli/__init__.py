@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from backend.build.recipes import DEFAULT_RECIPE as RECIPE_DEFAULT
-from backend.cli.args import add_model_args, add_space_args, port
+from backend.cli.args import add_model_args, add_serve_cap_arg, add_space_args, port
 from backend.cli.conversations import cmd_drift, cmd_project_transcript
 from backend.cli.evaluation import cmd_evaluate_cap
 from backend.cli.model import cmd_chat, cmd_model_info
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8: int8 weights on a CPU (a 1.2-1.4x faster decode step; projections within ~0.5 of float32's, greedy "
         "replies part from float32's after 10-40 tokens: docs/worker-api.md, Precision); default: the model's own dtype",
     )
+    add_serve_cap_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("project-transcript", help="project each assistant turn of a transcript onto the axis")

@@ -51,3 +51,26 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port: use 1..65535")
     return value
+
+
+def cap_setting(text: str) -> str:
+    """``serve --cap``: default, off or pN (N a percentile, 0..100)."""
+    value = text.strip().lower()
+    number = value[1:] if value.startswith("p") else ""
+    try:
+        ok = value in ("default", "off") or (bool(number) and 0 <= float(number) <= 100)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r}: give default, off, or pN with N a percentile from 0 to 100 (e.g. p75)")
+    return value
+
+
+def add_serve_cap_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cap",
+        type=cap_setting,
+        default="default",
+        help="the cap of an OpenAI API request that names none (/v1/chat/completions, docs/serving.md): default (the "
+        "space's preset when it has one, else p75 on its cap window), off, or pN (percentile N on the cap window)",
+    )

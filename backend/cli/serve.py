@@ -19,5 +19,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(
         args.model, args.space, host=args.host, port=args.port, db_path=args.db, token=token,
         device=args.device, cache=args.cache, trust_remote_code=args.trust_remote_code, compile=args.compile,
-        precision=args.precision,
+        precision=args.precision, cap=args.cap,
     )  # fmt: skip

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     title TEXT,
     system TEXT,
     controls TEXT NOT NULL,
-    controls_version INTEGER NOT NULL DEFAULT 0
+    controls_version INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL DEFAULT 'chat'
 );
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,6 +72,12 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_session ON events(session_id, seq);
 """
+
+# Columns added after the first release, with their definitions: a database made before them gets them on open (an
+# ALTER TABLE that keeps every row; the default is what the rows were). ``kind``: "chat" (the app's sessions) or
+# "api" (a request of the OpenAI-compatible API, stored so that it can be read later).
+ADDED_COLUMNS = {"sessions": {"kind": "TEXT NOT NULL DEFAULT 'chat'"}}
+SESSION_KINDS = ("chat", "api")
 
 ACTIVE = ("queued", "running")
 log = logging.getLogger("persona_space.worker")
@@ -115,6 +122,7 @@ class Database:
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
                 self.conn.executescript(SCHEMA)
+                self._migrate()
             self.read_lock = threading.Lock()
             self.reader = (
                 self.conn
@@ -136,6 +144,14 @@ class Database:
             )
         if self.path != ":memory:":
             self._files = {f: _identity(f) for f in (self.path, self.path + "-wal", self.path + "-shm")}
+
+    def _migrate(self) -> None:
+        """Add the columns of :data:`ADDED_COLUMNS` that an older database lacks."""
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})").fetchall()}
+            for name, definition in columns.items():
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def lost(self) -> str | None:
         """Why the database file (or its -wal or -shm file) is no longer the one opened; None while it is. The first
@@ -232,14 +248,17 @@ class Database:
             return [int(r["id"]) for r in rows]
 
     # sessions -----------------------------------------------------------------------------------------------
-    def create_session(self, system: str | None, controls: dict[str, Any], title: str | None = None) -> str:
+    def create_session(self, system: str | None, controls: dict[str, Any], title: str | None = None, kind: str = "chat") -> str:
+        if kind not in SESSION_KINDS:
+            raise ValueError(f"unknown session kind {kind!r}; one of {', '.join(SESSION_KINDS)}")
         sid = uuid.uuid4().hex[:16]
         with self._tx():
             self.conn.execute(
-                "INSERT INTO sessions (id, created, title, system, controls, controls_version) VALUES (?, ?, ?, ?, ?, 0)",
-                (sid, time.time(), title, system, dumps(controls)),
+                "INSERT INTO sessions (id, created, title, system, controls, controls_version, kind) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (sid, time.time(), title, system, dumps(controls), kind),
             )
-            self._event(sid, None, "session_created", {"system": system, "controls": controls, "controls_version": 0})
+            created = {"system": system, "controls": controls, "controls_version": 0}
+            self._event(sid, None, "session_created", created if kind == "chat" else dict(created, kind=kind))
         return sid
 
     def session(self, sid: str) -> dict[str, Any] | None:
@@ -249,16 +268,17 @@ class Database:
             return None
         return {
             "id": row["id"], "created": row["created"], "title": row["title"], "system": row["system"],
-            "controls": loads(row["controls"]), "controls_version": row["controls_version"],
+            "controls": loads(row["controls"]), "controls_version": row["controls_version"], "kind": row["kind"],
         }  # fmt: skip
 
     def sessions(self) -> list[dict[str, Any]]:
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT s.id, s.created, s.title, (SELECT COUNT(*) FROM turns t WHERE t.session_id=s.id AND t.undone=0) AS n "
+                "SELECT s.id, s.created, s.title, s.kind, "
+                "(SELECT COUNT(*) FROM turns t WHERE t.session_id=s.id AND t.undone=0) AS n "
                 "FROM sessions s ORDER BY s.created DESC"
             ).fetchall()
-        return [{"id": r["id"], "created": r["created"], "title": r["title"], "turns": r["n"]} for r in rows]
+        return [{"id": r["id"], "created": r["created"], "title": r["title"], "turns": r["n"], "kind": r["kind"]} for r in rows]
 
     def delete_session(self, sid: str) -> bool:
         with self._tx():

@@ -1,6 +1,7 @@
 """The generation engine: one model, one FIFO queue of turns, per-session controls applied token by token.
 
-Turns from every session run one at a time in a single thread (forward hooks are global to the model object,
+Turns from every session (chat sessions and the OpenAI API's requests, :mod:`backend.worker.openai_turns`, alike)
+run one at a time in a single thread (forward hooks are global to the model object,
 so two concurrent generations would see each other's caps). A control change is queued for its session and
 picked up by the generation loop at the start of the next step: it applies to the forward pass over the next
 token and to everything sampled after it, and the loop records ``controls_applied`` with the token index. Every
@@ -67,9 +68,11 @@ PROJECTION_SLICE_TOKENS = 128
 
 class Engine:
     def __init__(
-        self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None, compile: bool = False
-    ) -> None:
+        self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None, compile: bool = False,
+        api_cap: str = "default",
+    ) -> None:  # fmt: skip
         self.loaded = loaded
+        self.api_cap = api_cap  # the OpenAI API's cap when a request names none: default, off or pN (serve --cap)
         self.compile = compile  # build compiled decode steps in the background (serving eagerly meanwhile)
         self.compiled: list[CompiledRows] = []  # ready ones, smallest capacity first
         self.compile_state = "compiling" if compile else "eager (compiling is off)"
@@ -228,13 +231,17 @@ class Engine:
             jobs.append(Job(sid, turn, user_turn, variant))
         if compare:  # one batch: the uncapped column rides along with the capped one
             jobs[0].partner = jobs[1]
+        return user_turn, [j.turn_id for j in jobs], variants, self.enqueue(jobs[0])
+
+    def enqueue(self, job: Job) -> int:
+        """Queue ``job`` (its turns stored as ``queued`` already) and return its place in the queue."""
         with self.cond:
             position = len(self.jobs) + (1 if self.running is not None else 0)
-            self.jobs.append(jobs[0])
+            self.jobs.append(job)
             self.cond.notify_all()
-        for job in jobs:
-            self.db.event(sid, job.turn_id, "queued", {"turn": job.turn_id, "queue_position": position})
-        return user_turn, [j.turn_id for j in jobs], variants, position
+        for each in [job] + ([job.partner] if job.partner is not None else []):
+            self.db.event(each.session_id, each.turn_id, "queued", {"turn": each.turn_id, "queue_position": position})
+        return position
 
     def queue_length(self) -> int:
         with self.cond:

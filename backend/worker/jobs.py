@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.errors import PersonaSpaceError
+from backend.models.chat import Message
 
 
 class ControlError(PersonaSpaceError, ValueError):
@@ -30,12 +31,21 @@ class ShuttingDown(PersonaSpaceError):
 
 @dataclass
 class Job:
+    """One row's worth of work: a turn of a session, with everything its row needs to be decoded.
+
+    A chat turn rebuilds its conversation from the database; an API request (``POST /v1/chat/completions``)
+    brings its own ``messages`` (stored in its session too, for inspection), may end at ``stop_strings`` and, when it
+    named no token limit, takes what the context leaves (``fit_context``). Its controls are its session's."""
+
     session_id: str
     turn_id: int
     user_turn: int
     variant: str
     stop: threading.Event = field(default_factory=threading.Event)
     partner: Job | None = None  # a comparison's uncapped column, generated in the same batch as this one
+    messages: list[Message] | None = None  # the conversation as given (API); None: rebuilt from the database
+    stop_strings: tuple[str, ...] = ()  # the row ends once its text holds one (API)
+    fit_context: bool = False  # max_new_tokens is at most what the context leaves after the prompt (API)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import PersonaSpaceError
 from backend.worker.jobs import Conflict, ControlError
+from backend.worker.openai_errors import is_openai_path
+from backend.worker.openai_shapes import OpenAIError, error_body
 
 log = logging.getLogger("persona_space.worker")
 MAX_LISTED = 5  # as many as an import's errors list (backend.worker.imports.describe)
@@ -57,6 +59,11 @@ def add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return problem(422, *_invalid(exc.errors()))
 
+    @app.exception_handler(OpenAIError)
+    async def openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        body = error_body(exc.status, _short(exc.message, MAX_ERROR_CHARS), exc.param, exc.code)
+        return JSONResponse(status_code=exc.status, content=body)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail))
@@ -89,4 +96,6 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
+        if is_openai_path(request.url.path):  # answered outside the middleware that reshapes the others
+            return JSONResponse(status_code=500, content=error_body(500, f"internal error: {type(exc).__name__}"))
         return problem(500, f"internal error: {type(exc).__name__}")

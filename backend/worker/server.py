@@ -44,8 +44,10 @@ from backend.worker.db import Database
 from backend.worker.engine import Engine
 from backend.worker.guards import BodyLimit, EventNotifier, Gate, is_loopback
 from backend.worker.importer import Importer
+from backend.worker.openai_errors import OpenAIErrors
+from backend.worker.openai_shapes import parse_cap_flag
 from backend.worker.problems import add_error_handlers
-from backend.worker.routes import controls, events, sessions, status, transfer
+from backend.worker.routes import controls, events, openai, sessions, status, transfer
 from backend.worker.state import WorkerState
 
 log = logging.getLogger("persona_space.worker")
@@ -80,9 +82,10 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
     # innermost: every JSON body checked once, as it enters; the import checks its own (in a child when large)
     app.add_middleware(JSONBodies, unchecked=("/sessions/import",))
     app.add_middleware(BodyLimit, limit=MAX_BODY)
-    app.add_middleware(Gate, token=token)  # outermost: nothing is read before the caller is let in
+    app.add_middleware(Gate, token=token)  # nothing is read before the caller is let in
+    app.add_middleware(OpenAIErrors)  # outermost: every error of /v1 in OpenAI's shape, the Gate's too
     add_error_handlers(app)
-    for group in (status, sessions, controls, transfer, events):
+    for group in (status, sessions, controls, transfer, events, openai):
         app.include_router(group.router)
     return app
 
@@ -94,6 +97,7 @@ def load_in_background(
     load: Callable[[], Any],
     threads: int | None = None,
     compile: bool = False,
+    api_cap: str = "default",
 ) -> threading.Thread:
     """Load the model and space, then start the engine (its generation thread with ``threads`` torch threads);
     failures are reported through ``/health``."""
@@ -103,7 +107,7 @@ def load_in_background(
             state.status = "loading model"
             loaded, space = load()
             state.status = "warming up"
-            engine = Engine(loaded, space, state.db, threads=threads, compile=compile)
+            engine = Engine(loaded, space, state.db, threads=threads, compile=compile, api_cap=api_cap)
             state.engine = engine
             engine.start()
             engine.ready.wait()
@@ -145,6 +149,7 @@ def serve(
     trust_remote_code: bool = False,
     compile: bool = True,
     precision: str = "default",
+    cap: str = "default",
 ) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code (130 after SIGINT, else 0: see the module docstring)."""
     import uvicorn
@@ -161,6 +166,7 @@ def serve(
         if device not in (None, "cpu"):
             raise PersonaSpaceError(f"--precision int8 runs on a CPU only, not on {device}; drop one of the two")
         device = "cpu"  # not a GPU the machine may have
+    api_cap = parse_cap_flag(cap)
     threads = cpu_threads.reserve()  # before any torch work: the main thread never builds an OpenMP team
     token = token or os.environ.get("PERSONA_SPACE_TOKEN") or None
     if not is_loopback(host) and not token:
@@ -203,7 +209,7 @@ def serve(
     # raises each again once it has stopped, and they land here
     with _StopSignals(stop) as stops:
         try:
-            load_in_background(state, model_spec, str(space_path), load, threads, compile)
+            load_in_background(state, model_spec, str(space_path), load, threads, compile, api_cap)
             server.run()
         finally:
             _leave(state, stops.code())

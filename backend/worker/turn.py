@@ -1,11 +1,13 @@
 """One job on the decode engine's loop (:func:`backend.decode.engine.generate_rows`): a turn, or both columns of a comparison as one batch of two rows.
 
-The job's conversation is rebuilt from the database (:func:`history`), each row gets its prompt and a generator
+The job's conversation is rebuilt from the database (:func:`history`), or is the job's own (an OpenAI API request,
+which may also end at a stop string and take the context left as its limit); each row gets its prompt and a generator
 seeded from the session's seed and the user turn's number, and the rows run on a compiled step of the engine when
 one fits (its spare rows are twins of the first, capped nowhere) or eagerly on a :class:`backend.decode.engine.Decoder`.
 At the start of every step a pending control change of the session is applied in place to the rows' floors and
 steering (it acts on the forward pass over the next token) and recorded as ``controls_applied``; every token is
-written with its event as it is produced, and each row's turn ends with its summary and its place in the space.
+written with its event as it is produced, and each row's turn ends with its summary and its place in the space
+(with the projection at the prompt's last token, read from the prompt's pass).
 A turn stopped because the worker is stopping (``engine.closed``) ends ``incomplete`` with the tokens it has, placed
 without waiting for the map (PCA and nearest archetypes; no UMAP while it may still be building).
 
@@ -76,6 +78,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     status: str | None = None  # None while generating
+    prompt_projection: float | None = None  # the monitor's reading at the prompt's last token, before the reply
 
 
 @dataclass
@@ -143,13 +146,17 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
     tokenizer = engine.loaded.tokenizer
     rows: list[Row] = []
     for each in jobs:
-        messages = history(db, each)
+        messages = each.messages if each.messages is not None else history(db, each)
         prompt = encode_prompt(tokenizer, session["system"], messages)
+        if each.fit_context:  # no limit asked for: as many tokens as the context leaves, up to the default
+            left = max(1, min(controls.max_new_tokens, engine.max_context - len(prompt)))
+            controls = controls.model_copy(update={"max_new_tokens": left})
         if len(prompt) + controls.max_new_tokens > engine.max_context:
             db.finish_turn(
                 each.turn_id, "error",
                 {"error": f"the conversation is too long: {len(prompt)} prompt tokens + {controls.max_new_tokens} "
-                 f"new exceed the model's context of {engine.max_context}; start a new session or undo turns"},
+                 f"new exceed the model's context of {engine.max_context}; start a new session or undo turns",
+                 "code": "context_length_exceeded", "prompt_tokens": len(prompt)},
             )  # fmt: skip
             continue
         if not db.start_turn(each.turn_id, {"variant": each.variant, "prompt_tokens": len(prompt), "controls_version": version}):
@@ -194,9 +201,15 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
                         {"turn": r.job.turn_id, "controls_version": pending[1], "from_token": index},
                     )  # fmt: skip
         now, at = state.controls, state.version
+        if index == 0:  # the prompt's pass: its last position is the prompt's last token
+            first = live.readouts()
+            for i, r in enumerate(rows):
+                r.prompt_projection = round(float(first.monitor[i]), 5) if first.monitor is not None else None
         limit = min(now.max_new_tokens, decoder.capacity - longest)
         picked: list[int | None] = []
         for i, r in enumerate(rows):
+            if r.status is None and r.job.stop_strings and any(s in r.text for s in r.job.stop_strings):
+                _end(engine, [r], live, "done", "stop string", at, started, i)
             if r.status is None and index >= min(limit, engine.max_context - len(r.prompt)):
                 _end(engine, [r], live, "done", "max_new_tokens reached", at, started, i)
             token: int | None = None
@@ -258,6 +271,7 @@ def _end(
         summary: dict[str, Any] = {
             "variant": r.job.variant, "reason": reason, "n_tokens": len(r.tokens),
             "seconds": round(time.time() - started, 3), "controls_version": version,
+            "prompt_tokens": len(r.prompt), "prompt_projection": r.prompt_projection,
         }  # fmt: skip
         if r.tokens:
             mean = live.capture_mean()[i]
@@ -274,4 +288,7 @@ def _end(
                 summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
                 summary["placement_error"] = f"{type(exc).__name__}: {exc}"
         final = engine.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)
+        hits = [k for k in (final.find(s) for s in r.job.stop_strings) if k >= 0]
+        if hits:  # the reply ends before its stop string, as OpenAI's do
+            final = final[: min(hits)]
         engine.db.finish_turn(r.job.turn_id, status, summary, content=final)
