@@ -247,6 +247,50 @@ class RowControls:
         for t in (self.before, self.delta, self.monitor, self.capture_sum, self.capture_count):
             t.zero_()
 
+    # rows that join and leave (backend.decode.batch) ----------------------------------------------------------
+    # every per-row tensor, with the value of a fresh row (cap off, no steering, inactive, nothing read yet)
+    _ROW_TENSORS = (
+        ("tau", -math.inf), ("steer", 0.0), ("active", 0.0), ("before", 0.0), ("delta", 0.0), ("monitor", 0.0),
+        ("capture_sum", 0.0), ("capture_count", 0.0), ("cap_set", 0),
+    )  # fmt: skip
+
+    def regroup(self, order: Sequence[int | None]) -> None:
+        """Re-lay the rows: new row ``j`` is old row ``order[j]`` (its controls, readouts and capture), or a fresh
+        row where ``order[j]`` is ``None``. The hooks read the new tensors from the next forward call on (eager only: a
+        compiled step's batch has a fixed number of rows)."""
+        order = list(order)
+        for k in order:
+            if k is not None:
+                self._row(k)
+        kept = [j for j, k in enumerate(order) if k is not None]
+        sources = torch.tensor([k for k in order if k is not None], dtype=torch.long, device=self.device)
+        for name, fresh in self._ROW_TENSORS:
+            old: torch.Tensor = getattr(self, name)
+            with torch.inference_mode(old.is_inference()):  # the new tensors can be set where the old ones could
+                new = torch.full((len(order), *old.shape[1:]), fresh, dtype=old.dtype, device=self.device)
+                if kept:
+                    new[torch.tensor(kept, device=self.device)] = old.index_select(0, sources)
+            setattr(self, name, new)
+        self.cap_set_of = [self.cap_set_of[k] if k is not None else 0 for k in order]
+        self.cap_taus = [dict(self.cap_taus[k]) if k is not None else {} for k in order]
+        self.steer_on = [dict(self.steer_on[k]) if k is not None else {} for k in order]
+        self.rows = len(order)
+        self.version += 1
+
+    def copy_row(self, row: int, other: RowControls, source: int) -> None:
+        """Row ``row`` takes row ``source`` of ``other`` (row controls of the same shape): its controls, readouts and
+        capture."""
+        self._row(row)
+        other._row(source)
+        if (other.n_layers, other.hidden, other.n_cap_sets) != (self.n_layers, self.hidden, self.n_cap_sets):
+            raise InterventionError("row controls of another shape cannot share a row")
+        for name, _ in self._ROW_TENSORS:
+            getattr(self, name)[row].copy_(getattr(other, name)[source])
+        self.cap_set_of[row] = other.cap_set_of[source]
+        self.cap_taus[row] = dict(other.cap_taus[source])
+        self.steer_on[row] = dict(other.steer_on[source])
+        self.version += 1
+
     # device side ----------------------------------------------------------------------------------------
     def _hook(self, layer: int) -> Callable[..., object]:
         cap = self.cap_u is not None

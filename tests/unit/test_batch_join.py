@@ -1,0 +1,136 @@
+"""Rows that join and leave a running batch (:class:`backend.decode.batch.Batch`) each equal their single-row run:
+the same greedy tokens (float32) and readouts (monitor and cap deltas to 1e-4), on tiny models of several
+architectures, whenever they join, however long their prompts, with a control change mid-way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from backend.decode.batch import Batch
+from backend.errors import PersonaSpaceError
+from backend.hooks.rows import RowControls
+from tests.helpers.decode_oracle import MONITOR, STOP, assert_same, eager_reference, world
+from tests.helpers.tiny import random_ids, tiny_model
+
+# gemma3's tiny config keeps a 16-position sliding window: a batch's cache is longer (refused; test below)
+ARCHS = ("llama", "gpt2", "gpt_neox", "qwen3", "phi3", "mistral")
+
+
+@dataclass
+class Spec:
+    prompt: list[int]
+    join_at: int  # the batch's step at which the row joins
+    n: int  # tokens it may generate
+    caps: dict[int, float] | None = None
+    steer: tuple[float, list[int]] | None = None
+    change: tuple[int, dict[int, float]] | None = None  # (its own token index, new caps)
+    tokens: list[int] = field(default_factory=list)
+    readings: list[float] = field(default_factory=list)
+    deltas: list[dict[int, float]] = field(default_factory=list)
+
+
+def run_batch(model, specs: list[Spec]) -> Batch:  # type: ignore[no-untyped-def]
+    axis, vectors = world(model)
+
+    def make(n: int) -> RowControls:
+        return RowControls(n, *axis.shape, cap_directions=axis, steer_vectors=vectors, monitor=(MONITOR, axis[MONITOR]))
+
+    batch = Batch(model, make, pad_id=STOP, bucket=8)
+    live: list[Spec] = []
+    logits: list[torch.Tensor] = []
+    step = 0
+    while step <= max(s.join_at for s in specs) or live:
+        for s in specs:
+            if s.join_at == step:
+
+                def configure(controls: RowControls, row: int, s: Spec = s) -> None:
+                    controls.set_cap(row, s.caps)
+                    if s.steer:
+                        controls.set_steer(row, *s.steer)
+
+                row, first = batch.join(s.prompt, s.n, configure)
+                assert row == len(live)
+                live.append(s)
+                logits.append(first)
+        fed, leaving = [], []
+        for j, s in enumerate(live):
+            token = int(logits[j].argmax())
+            if token == STOP or len(s.tokens) == s.n:
+                leaving.append(j)
+                continue
+            if s.change is not None and s.change[0] == len(s.tokens):  # applies to the pass over this token on
+                batch.controls.set_cap(j, s.change[1])  # type: ignore[union-attr]
+            s.tokens.append(token)
+            fed.append(token)
+        batch.leave(leaving)
+        live = [s for j, s in enumerate(live) if j not in leaving]
+        if live:
+            out = batch.step(fed)
+            r = batch.readouts()
+            controls = batch.controls
+            assert controls is not None
+            for j, s in enumerate(live):
+                s.readings.append(float(r.monitor[j]))  # type: ignore[index]
+                s.deltas.append({k: float(r.delta[j, k]) for k in controls.cap_taus[j]})
+            logits = list(out)
+        step += 1
+    return batch
+
+
+def reference(model, s: Spec):  # type: ignore[no-untyped-def]
+    return eager_reference(model, s.prompt, s.n, caps=s.caps, steer=s.steer, change=s.change)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):  # type: ignore[no-untyped-def]
+    return tiny_model(request.param)
+
+
+def specs() -> list[Spec]:
+    p = [random_ids(batch=1, length=n, seed=20 + n)[0].tolist() for n in (6, 11, 3, 8)]
+    return [
+        Spec(p[0], join_at=0, n=9, caps={1: 0.5, 3: 0.8}),
+        Spec(p[1], join_at=3, n=7, steer=(1.0, [1])),  # longer than the batch so far: the others move right
+        Spec(p[2], join_at=4, n=10, caps={2: 0.2}, change=(3, {2: 1.5, 3: 1.0})),
+        Spec(p[3], join_at=12, n=5),  # after the first row has left
+    ]
+
+
+def test_rows_that_join_midway_equal_their_single_row_runs(model) -> None:  # type: ignore[no-untyped-def]
+    rows = specs()
+    batch = run_batch(model, rows)
+    assert batch.rows == 0
+    for s in rows:
+        assert_same(reference(model, s), (s.tokens, s.readings, s.deltas), tol=1e-4)
+    assert all(s.tokens for s in rows)
+
+
+def test_a_row_alone_and_rows_joining_together(llama) -> None:  # type: ignore[no-untyped-def]
+    p = [random_ids(batch=1, length=n, seed=40 + n)[0].tolist() for n in (5, 9, 7)]
+    rows = [Spec(p[0], 0, 8), Spec(p[1], 2, 8, caps={1: 1.0}), Spec(p[2], 2, 8, steer=(-1.0, [0, 2]))]
+    run_batch(llama, rows)
+    for s in rows:
+        assert_same(reference(llama, s), (s.tokens, s.readings, s.deltas), tol=1e-4)
+
+
+def test_the_cache_holds_no_more_than_the_rows_can_reach(llama) -> None:  # type: ignore[no-untyped-def]
+    batch = Batch(llama, pad_id=STOP, bucket=1)
+    batch.join(random_ids(batch=1, length=12, seed=1)[0].tolist(), 4)
+    batch.join(random_ids(batch=1, length=3, seed=2)[0].tolist(), 2)
+    assert (batch.length, batch.decoder.capacity) == (12, 16)
+    batch.step([5, 5])
+    batch.leave([0])  # only the short row is left: its 4 positions, room for its last token
+    assert (batch.rows, batch.length, batch.decoder.capacity) == (1, 4, 5)
+    with pytest.raises(PersonaSpaceError, match="tokens for a batch of 1 rows"):
+        batch.step([5, 5])
+    batch.leave([0])
+    assert batch.rows == 0 and batch.length == 0
+
+
+def test_a_sliding_window_shorter_than_the_cache_is_refused() -> None:
+    batch = Batch(tiny_model("gemma3"), pad_id=STOP, bucket=64)
+    with pytest.raises(PersonaSpaceError, match="sliding window"):
+        batch.join(random_ids(batch=1, length=5, seed=3)[0].tolist(), 20)
