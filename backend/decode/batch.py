@@ -204,3 +204,21 @@ class Batch:
         if joining is not None:
             mask[-1, width - joining[1] : width] = 1
         d.cache, d.mask, d.length, d.capacity, d.rows, d.static = cache, mask, width, capacity, rows, True
+
+
+def unjoinable(model: nn.Module, capacity: int) -> str | None:
+    """Why rows cannot join a :class:`Batch` of ``model`` whose cache may reach ``capacity`` positions (``None``: they
+    can): a cache layer that is not a plain static one, or a sliding window shorter than ``capacity``."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    try:
+        cache: Any = StaticCache(config=model.config, max_cache_len=capacity)  # type: ignore[arg-type]
+    except Exception as exc:  # a config StaticCache cannot read
+        return f"no static cache ({type(exc).__name__}: {exc})"
+    for i, layer in enumerate(cache.layers):
+        if not isinstance(layer, StaticLayer):
+            return f"layer {i} has a {type(layer).__name__} cache"
+        if layer.max_cache_len != capacity:
+            return f"layer {i} keeps a sliding window of {layer.max_cache_len} positions, shorter than {capacity}"
+    return None

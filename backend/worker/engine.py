@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from backend.decode.batch import unjoinable
 from backend.decode.compiled import CompiledRows
 from backend.decode.generate import eos_ids
 from backend.errors import PersonaSpaceError
@@ -46,6 +47,7 @@ from backend.reading.placement import Placement
 from backend.reading.transcripts import max_context
 from backend.store.space import Space
 from backend.view.cap_preset import default_cap
+from backend.worker.batch import MAX_ROWS, Running
 from backend.worker.db import Database
 from backend.worker.imports import describe
 from backend.worker.jobs import Call, Conflict, ControlError, Job, Overdue, Projection, ShuttingDown
@@ -65,11 +67,13 @@ COMPILED_SHAPES = ((1, 512), (2, 512), (1, 1024), (2, 1024))
 # one go; read in pieces, a pass costs 10-25% more in all.
 PROJECTION_SLICE_TOKENS = 128
 
+STEP = object()  # _next_job's answer when the running batch should take one step
+
 
 class Engine:
     def __init__(
         self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None, compile: bool = False,
-        api_cap: str = "default",
+        api_cap: str = "default", batch_rows: int = MAX_ROWS,
     ) -> None:  # fmt: skip
         self.loaded = loaded
         self.api_cap = api_cap  # the OpenAI API's cap when a request names none: default, off or pN (serve --cap)
@@ -104,6 +108,14 @@ class Engine:
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids or {0}))
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
+        # every running turn a row of one batch (backend.worker.batch), unless the model's cache cannot take rows
+        # that join mid-way or one row at a time was asked for: then one job at a time (backend.worker.turn)
+        why = "one row at a time was asked for" if batch_rows < 2 else unjoinable(loaded.model, self.max_context)
+        if why is not None:
+            log.info("turns are decoded one at a time: %s", why)
+        self.batch: Running | None = Running(self, batch_rows) if why is None else None
+        self.step_s = 0.0  # seconds spent on batch steps since the last projection slice
+        self.slice_s = 0.0  # how long the last slice took (a slice is due once the steps took as long)
 
     # setup ----------------------------------------------------------------------------------------------
 
@@ -126,9 +138,8 @@ class Engine:
         """Stop taking work: the running turn ends ``incomplete`` at its next step; the loop then ends."""
         with self.cond:
             self.closed = True
-            if self.running is not None:
-                for job in [self.running] + ([self.running.partner] if self.running.partner is not None else []):
-                    job.stop.set()
+            for job in self.running_jobs():
+                job.stop.set()
             self.cond.notify_all()
 
     def shutdown(self, timeout: float) -> bool:
@@ -186,7 +197,7 @@ class Engine:
             controls = self.validate_controls(Controls(**data))
         except ValidationError as exc:
             raise ControlError(describe(exc)) from exc
-        running = self.running if self.running is not None and self.running.session_id == sid else None
+        running = next((j for j in self.running_jobs() if j.session_id == sid), None)
         version = self.db.set_controls(sid, controls.model_dump(mode="json"), running.turn_id if running else None, None)
         self.pending[sid] = (controls, version)
         return controls, version
@@ -236,7 +247,7 @@ class Engine:
     def enqueue(self, job: Job) -> int:
         """Queue ``job`` (its turns stored as ``queued`` already) and return its place in the queue."""
         with self.cond:
-            position = len(self.jobs) + (1 if self.running is not None else 0)
+            position = len(self.jobs) + len(self.running_jobs())
             self.jobs.append(job)
             self.cond.notify_all()
         for each in [job] + ([job.partner] if job.partner is not None else []):
@@ -245,7 +256,13 @@ class Engine:
 
     def queue_length(self) -> int:
         with self.cond:
-            return len(self.jobs) + (1 if self.running is not None else 0)
+            return len(self.jobs) + len(self.running_jobs())
+
+    def running_jobs(self) -> list[Job]:
+        """Every job being decoded now (a comparison's partner with it); read under ``cond``."""
+        jobs = ([self.running] if self.running is not None else []) + (list(self.batch.jobs) if self.batch else [])
+        every = [each for job in jobs for each in [job] + ([job.partner] if job.partner is not None else [])]
+        return list({id(j): j for j in every}.values())  # a job being admitted is in both for a moment
 
     def stop(self, sid: str) -> list[int]:
         """Stop the session's running turn and drop its queued ones; returns the turns stopped."""
@@ -254,8 +271,8 @@ class Engine:
             for job in [j for j in self.jobs if j.session_id == sid]:
                 self.jobs.remove(job)
                 stopped += [job.turn_id] + ([job.partner.turn_id] if job.partner is not None else [])
-            if self.running is not None and self.running.session_id == sid:
-                for job in [self.running] + ([self.running.partner] if self.running.partner is not None else []):
+            for job in self.running_jobs():
+                if job.session_id == sid:
                     job.stop.set()
                     stopped.append(job.turn_id)
         for tid in stopped:  # a turn already running ends itself at its next step
@@ -264,7 +281,7 @@ class Engine:
 
     def busy(self, sid: str) -> bool:
         with self.cond:
-            return any(j.session_id == sid for j in self.jobs) or (self.running is not None and self.running.session_id == sid)
+            return any(j.session_id == sid for j in [*self.jobs, *self.running_jobs()])
 
     def undo(self, sid: str) -> list[int]:
         if self.busy(sid):
@@ -283,22 +300,41 @@ class Engine:
                 job = self._next_job()
                 if job is None:
                     return
-                if isinstance(job, Call):
+                if job is STEP:
+                    self._step()
+                elif isinstance(job, Call):
                     self._call(job)
                 elif isinstance(job, Projection):
+                    t0 = time.monotonic()
                     self._slice(job)
-                else:
+                    self.step_s, self.slice_s = 0.0, time.monotonic() - t0
+                elif isinstance(job, Job):
                     self._serve(job)
             except Exception:  # nothing may end this thread: log, pause a moment, go on
                 log.exception("the generation loop hit an error")
                 time.sleep(0.5)
 
-    def _next_job(self) -> Job | Call | Projection | None:
+    def _next_job(self) -> Job | Call | Projection | object | None:
+        """The next thing to do: a call, a job to start (it joins the batch), a projection's slice, or :data:`STEP`
+        (one step of the running batch); ``None`` once closed with nothing left running. With a batch, a queued job
+        joins as soon as it fits, and a slice runs once the steps since the last one took as long as it did."""
         while True:
             self._record_failures()
             with self.cond:
+                stepping = self.batch is not None and bool(self.batch.rows)
                 if self.calls and not self.closed:
                     return self.calls.popleft()
+                if stepping:
+                    if not self.closed:
+                        job = next((j for j in self.jobs if self.batch is not None and self.batch.takes(j)), None)
+                        if job is not None:
+                            self.jobs.remove(job)
+                            self.running = job
+                            return job
+                        if self.projections and self.step_s >= self.slice_s:
+                            self.projecting = self.projections.popleft()
+                            return self.projecting
+                    return STEP  # closed: its rows end incomplete at this step
                 while not self.jobs and not self.calls and not self.projections and not self.closed:
                     # while failures wait to be recorded (the database was not writable), retry them every second
                     if self.unrecorded:
@@ -325,7 +361,24 @@ class Engine:
                     self.projecting = self.projections.popleft()
                     return self.projecting
 
+    def _step(self) -> None:
+        assert self.batch is not None
+        t0 = time.monotonic()
+        with self.model_lock:
+            self.unrecorded.update(self.batch.step())
+        self.step_s += time.monotonic() - t0
+        self._record_failures()
+
     def _serve(self, job: Job) -> None:
+        if self.batch is not None:  # the job joins the running batch
+            try:
+                with self.model_lock:
+                    self.unrecorded.update(self.batch.admit(job))
+                self._record_failures()
+            finally:
+                with self.cond:
+                    self.running = None
+            return
         try:
             with self.model_lock:
                 run_turn(self, job)

@@ -69,6 +69,14 @@ log = logging.getLogger("persona_space.worker")
 
 
 @dataclass
+class _InForce:
+    """The controls in force for the running rows and their version (a pending change replaces both)."""
+
+    controls: Controls
+    version: int
+
+
+@dataclass
 class Row:
     """One row of a batch: a turn being generated."""
 
@@ -79,14 +87,9 @@ class Row:
     text: str = ""
     status: str | None = None  # None while generating
     prompt_projection: float | None = None  # the monitor's reading at the prompt's last token, before the reply
-
-
-@dataclass
-class _InForce:
-    """The controls in force for the running rows and their version (a pending change replaces both)."""
-
-    controls: Controls
-    version: int
+    state: _InForce | None = None  # the controls in force (shared by a comparison's two rows)
+    started: float = 0.0  # time.time() when its decoding started
+    index: int = 0  # forward passes over its own tokens so far (the next token's index)
 
 
 def history(db: Database, job: Job) -> list[Message]:
@@ -125,22 +128,73 @@ def run_turn(engine: Engine, job: Job) -> None:
         raise
 
 
-def _apply(engine: Engine, rows: RowControls, turns: list[Row], controls: Controls) -> None:
-    """Overwrite the rows' cap floors and steering in place: applies to the next forward pass."""
-    for i, row in enumerate(turns):
-        record = engine.cap_record(controls, row.job.variant)
-        rows.set_cap(i, dict(record.thresholds) if record is not None else None)
-        start, stop = controls.steer_layers or (engine.target, engine.target + 1)
-        rows.set_steer(i, float(controls.steer_coefficient), range(start, stop))
+def _apply(engine: Engine, rows: RowControls, turns: list[tuple[int, Row]], controls: Controls) -> None:
+    """Overwrite the cap floors and steering of the batch rows ``i`` of ``turns`` in place: applies to the next forward
+    pass."""
+    for i, row in turns:
+        configure_row(engine, rows, i, row.job.variant, controls)
 
 
-def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
+def configure_row(engine: Engine, rows: RowControls, i: int, variant: str, controls: Controls) -> None:
+    """Row ``i`` of ``rows`` gets the cap of ``variant`` under ``controls`` and their steering."""
+    record = engine.cap_record(controls, variant)
+    rows.set_cap(i, dict(record.thresholds) if record is not None else None)
+    start, stop = controls.steer_layers or (engine.target, engine.target + 1)
+    rows.set_steer(i, float(controls.steer_coefficient), range(start, stop))
+
+
+def take_pending(engine: Engine, sid: str, live: RowControls, turns: list[tuple[int, Row]]) -> None:
+    """Apply the session's pending control change, if any, to its rows ``turns`` (batch index, row) from their next
+    token, recorded as ``controls_applied`` with each row's token index."""
+    pending = engine.take_pending(sid)
+    if pending is None or not turns:
+        return
+    state = turns[0][1].state
+    assert state is not None
+    state.controls, state.version = pending[0], pending[1]
+    _apply(engine, live, turns, pending[0])
+    for _, r in turns:
+        if r.status is None:
+            engine.db.event(
+                r.job.session_id, r.job.turn_id, "controls_applied",
+                {"turn": r.job.turn_id, "controls_version": pending[1], "from_token": r.index},
+            )  # fmt: skip
+
+
+def pick(engine: Engine, r: Row, i: int, logits: torch.Tensor, live: RowControls, room: int) -> int | None:
+    """Row ``r`` (batch row ``i``) at its token ``r.index``: end it at a stop string, at its limit (``room``: the
+    tokens its cache has room for) or at an end-of-turn token, else choose its token from ``logits`` ``(vocab,)``."""
+    assert r.state is not None
+    now, at = r.state.controls, r.state.version
+    limit = min(now.max_new_tokens, room)
+    if r.status is None and r.job.stop_strings and any(s in r.text for s in r.job.stop_strings):
+        _end(engine, [r], live, "done", "stop string", at, r.started, i)
+    if r.status is None and r.index >= min(limit, engine.max_context - len(r.prompt)):
+        _end(engine, [r], live, "done", "max_new_tokens reached", at, r.started, i)
+    if r.status is not None:
+        return None
+    token = choose_token(
+        logits, greedy=now.greedy, temperature=now.temperature, top_p=now.top_p,
+        penalty=now.repetition_penalty, previous=r.tokens, generator=r.generator,
+    )  # fmt: skip
+    if token in engine.stop_ids:
+        _end(engine, [r], live, "done", "end of turn", at, r.started, i)
+        return None
+    return token
+
+
+def open_rows(engine: Engine, job: Job) -> list[Row]:
+    """Start the turns of ``job`` (and its partner): one :class:`Row` each with its prompt, generator and the
+    controls in force (shared by both rows of a comparison), its cap and steering not yet applied. A turn whose
+    conversation does not fit the context ends ``error`` here; none at all when the session is gone or ``job``
+    stopped while queued."""
+    jobs = [job] + ([job.partner] if job.partner is not None else [])
     db = engine.db
     with engine.cond:  # atomic with patch_controls: the stored controls are the newest, pending ones are older
         engine.pending.pop(job.session_id, None)
         session = db.session(job.session_id)
     if session is None or job.stop.is_set():  # deleted or stopped while queued
-        return
+        return []
     controls = engine.validate_controls(Controls(**session["controls"]))
     version = int(session["controls_version"])
     tokenizer = engine.loaded.tokenizer
@@ -165,8 +219,19 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
         user_index = sum(1 for m in messages if m["role"] == "user")
         generator = torch.Generator().manual_seed(int(controls.seed) * 1_000_003 + user_index)
         rows.append(Row(each, prompt, generator))
+    state = _InForce(controls, version)
+    for r in rows:
+        r.state, r.started = state, time.time()
+    return rows
+
+
+def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
+    rows = open_rows(engine, job)
     if not rows:
         return
+    assert rows[0].state is not None
+    state = rows[0].state
+    controls = state.controls
     longest = max(len(r.prompt) for r in rows)
     prompts = [r.prompt for r in rows]
     fitting = [c for c in engine.compiled if c.fits(len(rows), longest + controls.max_new_tokens)]
@@ -184,44 +249,21 @@ def _run_rows(engine: Engine, job: Job, jobs: list[Job]) -> None:
         decoder = Decoder(loaded.model, live, layers_path=loaded.info.layers_path, pad_id=engine.pad_id)
         twins = 0
         new_tokens = min(engine.max_context, longest + MAX_NEW_TOKENS) - longest
-    _apply(engine, live, rows, controls)
-    started = time.time()
-    state = _InForce(controls, version)
+    _apply(engine, live, list(enumerate(rows)), controls)
+    started = rows[0].started
 
     def choose(index: int, logits: torch.Tensor) -> list[int | None]:
         """Apply a pending control change (from this token on), end rows at their limit, pick each row's token."""
-        pending = engine.take_pending(job.session_id)
-        if pending is not None:
-            state.controls, state.version = pending[0], pending[1]
-            _apply(engine, live, rows, pending[0])
-            for r in rows:
-                if r.status is None:
-                    db.event(
-                        r.job.session_id, r.job.turn_id, "controls_applied",
-                        {"turn": r.job.turn_id, "controls_version": pending[1], "from_token": index},
-                    )  # fmt: skip
-        now, at = state.controls, state.version
+        take_pending(engine, job.session_id, live, list(enumerate(rows)))
         if index == 0:  # the prompt's pass: its last position is the prompt's last token
             first = live.readouts()
             for i, r in enumerate(rows):
                 r.prompt_projection = round(float(first.monitor[i]), 5) if first.monitor is not None else None
-        limit = min(now.max_new_tokens, decoder.capacity - longest)
+        limit = decoder.capacity - longest
         picked: list[int | None] = []
         for i, r in enumerate(rows):
-            if r.status is None and r.job.stop_strings and any(s in r.text for s in r.job.stop_strings):
-                _end(engine, [r], live, "done", "stop string", at, started, i)
-            if r.status is None and index >= min(limit, engine.max_context - len(r.prompt)):
-                _end(engine, [r], live, "done", "max_new_tokens reached", at, started, i)
-            token: int | None = None
-            if r.status is None:
-                token = choose_token(
-                    logits[i], greedy=now.greedy, temperature=now.temperature, top_p=now.top_p,
-                    penalty=now.repetition_penalty, previous=r.tokens, generator=r.generator,
-                )  # fmt: skip
-                if token in engine.stop_ids:
-                    _end(engine, [r], live, "done", "end of turn", at, started, i)
-                    token = None
-            picked.append(token)
+            r.index = index
+            picked.append(pick(engine, r, i, logits[i], live, limit))
         # a compiled step's spare rows are fed the first row's token (padding once it is done) until every real row
         # is done; then they end too, and so does the loop
         running = any(r.status is None for r in rows)
