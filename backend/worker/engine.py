@@ -114,6 +114,9 @@ class Engine:
         if why is not None:
             log.info("turns are decoded one at a time: %s", why)
         self.batch: Running | None = Running(self, batch_rows) if why is None else None
+        if self.batch is not None and compile:  # a compiled step is for one batch shape; this batch's changes
+            self.compile = False
+            self.compile_state = "eager (turns share one batch of changing rows; compiled steps serve one row at a time)"
         self.step_s = 0.0  # seconds spent on batch steps since the last projection slice
         self.slice_s = 0.0  # how long the last slice took (a slice is due once the steps took as long)
 

@@ -21,7 +21,9 @@ def _engine(tiny_world, path, compile):  # type: ignore[no-untyped-def]
     from backend.worker.engine import Engine
 
     model, space_path, _ = tiny_world
-    engine = Engine(load_model(model), load_space(space_path), Database(path), threads=1, compile=compile)
+    engine = Engine(
+        load_model(model), load_space(space_path), Database(path), threads=1, compile=compile, batch_rows=1
+    )  # compiled steps serve one job at a time
     engine.start()
     assert engine.ready.wait(60)
     return engine

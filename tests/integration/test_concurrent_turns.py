@@ -4,6 +4,7 @@ Two chat sessions (one a capped-vs-uncapped comparison) and an OpenAI API reques
 lengths, submitted together and one joining while the others run, on an engine that decodes them as one batch:
 every turn gives the tokens, projections and cap deltas it gives alone (the same engine decoding one row at a time),
 their tokens interleave (each has tokens before another ends), and nothing is lost.
+Also: stopping one session's turns, or changing its controls mid-turn, touches no other row.
 """
 
 from __future__ import annotations
@@ -83,18 +84,35 @@ def _close(engine) -> None:  # type: ignore[no-untyped-def]
     engine.thread.join(30)
 
 
-@pytest.mark.timeout(600)
-def test_overlapping_turns_each_equal_their_solo_run(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    solo, _ = _engine(tiny_world, tmp_path / "solo.sqlite3", batch_rows=1)
+@pytest.fixture(scope="module")
+def solo(tiny_world, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Each of SPECS alone, on an engine that decodes one job at a time (the third as an API request)."""
+    engine, _ = _engine(tiny_world, tmp_path_factory.mktemp("solo") / "solo.sqlite3", batch_rows=1)
     try:
-        assert solo.batch is None
+        assert engine.batch is None
         expected = []
         for i, (content, controls, compare) in enumerate(SPECS):
-            sid, turns = _submit(solo, content, controls, compare, api=i == 2)
-            _wait(solo, [sid])
-            expected.append([_reply(solo, sid, t) for t in turns])
+            sid, turns = _submit(engine, content, controls, compare, api=i == 2)
+            _wait(engine, [sid])
+            expected.append([_reply(engine, sid, t) for t in turns])
+        return expected
     finally:
-        _close(solo)
+        _close(engine)
+
+
+def _same(got, want) -> None:  # type: ignore[no-untyped-def]
+    for (tokens, projections, deltas, status), (t0, p0, d0, s0) in zip(got, want, strict=True):
+        assert status == s0 == "done"
+        assert tokens == t0 and len(tokens) > 0
+        assert projections == pytest.approx(p0, abs=1e-4)
+        for mine, theirs in zip(deltas, d0, strict=True):
+            assert (mine is None) == (theirs is None)
+            if mine is not None:
+                assert mine == pytest.approx(theirs, abs=1e-4)
+
+
+@pytest.mark.timeout(600)
+def test_overlapping_turns_each_equal_their_solo_run(tiny_world, tmp_path, solo) -> None:  # type: ignore[no-untyped-def]
     engine, log = _engine(tiny_world, tmp_path / "batched.sqlite3", batch_rows=4)
     try:
         assert engine.batch is not None
@@ -104,16 +122,8 @@ def test_overlapping_turns_each_equal_their_solo_run(tiny_world, tmp_path) -> No
         third = _submit(engine, *SPECS[2][:3], api=True)
         submitted = [*first, third]
         _wait(engine, [sid for sid, _ in submitted])
-        for (sid, turns), want in zip(submitted, expected, strict=True):
-            got = [_reply(engine, sid, t) for t in turns]
-            for (tokens, projections, deltas, status), (t0, p0, d0, s0) in zip(got, want, strict=True):
-                assert status == s0 == "done"
-                assert tokens == t0 and len(tokens) > 0
-                assert projections == pytest.approx(p0, abs=1e-4)
-                for mine, theirs in zip(deltas, d0, strict=True):
-                    assert (mine is None) == (theirs is None)
-                    if mine is not None:
-                        assert mine == pytest.approx(theirs, abs=1e-4)
+        for (sid, turns), want in zip(submitted, solo, strict=True):
+            _same([_reply(engine, sid, t) for t in turns], want)
         # decoded together: every turn had a token before some other turn ended, and a later one joined mid-way
         turns = [t for _, ts in submitted for t in ts]
         ends = {t: log.index(("end", t)) for t in turns}
@@ -122,5 +132,35 @@ def test_overlapping_turns_each_equal_their_solo_run(tiny_world, tmp_path) -> No
             assert any(firsts[t] < ends[o] for o in turns if o != t)
         assert firsts[third[1][0]] > min(firsts.values())
         assert engine.queue_length() == 0 and engine.running_jobs() == []
+    finally:
+        _close(engine)
+
+
+@pytest.mark.timeout(600)
+def test_a_stop_or_a_control_change_touches_only_its_own_session(tiny_world, tmp_path, solo) -> None:  # type: ignore[no-untyped-def]
+    from backend.worker.schemas import ControlsPatch
+
+    engine, log = _engine(tiny_world, tmp_path / "batched.sqlite3", batch_rows=4)
+    try:
+        stopped, pair = _submit(engine, *SPECS[0][:3], api=False)
+        changed, [turn] = _submit(engine, "What is a ghost?", dict(cap_enabled=False, max_new_tokens=40, seed=5), False, False)
+        third = _submit(engine, *SPECS[2][:3], api=True)
+        while sum(1 for kind, t in log if kind == "token" and t == turn) < 2:
+            time.sleep(0.001)
+        with engine.model_lock:  # between two steps
+            engine.stop(stopped)
+            _, version = engine.patch_controls(changed, ControlsPatch(cap_enabled=True, cap_percentile=60.0))
+        _wait(engine, [stopped, changed, third[0]])
+        assert {engine.db.turn(t)["status"] for t in pair} == {"stopped"}
+        _same([_reply(engine, third[0], third[1][0])], solo[2])  # the other session's request: as if alone
+        events = engine.db.events(changed)
+        applied = [e["data"] for e in events if e["type"] == "controls_applied" and e["turn"] == turn]
+        assert len(applied) == 1 and applied[0]["controls_version"] == version
+        tokens = [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
+        assert engine.db.turn(turn)["status"] == "done" and len(tokens) == 40
+        start = applied[0]["from_token"]
+        assert 2 <= start < len(tokens)
+        assert [t["controls_version"] == version for t in tokens] == [i >= start for i in range(len(tokens))]
+        assert [t["cap_on"] for t in tokens] == [i >= start for i in range(len(tokens))]  # the cap is on from there
     finally:
         _close(engine)
