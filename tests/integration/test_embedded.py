@@ -196,3 +196,22 @@ def test_the_embedded_default_decodes_as_the_eager_hooks_do(smollm) -> None:  # 
         assert_same(
             eager_reference(model, prompt, 12, caps=start, change=(5, change[1][i] or {})), tuple(x[i] for x in got), tol=1e-4
         )
+
+
+def test_rows_joining_a_running_batch_equal_their_single_row_runs(smollm) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent decoding (#24) on the real model: chat prompts joining at steps 0, 2 and 5, capped and steered."""
+    from tests.helpers.batch_oracle import Spec, reference, run_batch
+
+    tok = smollm.tokenizer
+    prompts = [
+        encode_prompt(tok, None, [{"role": "user", "content": text}])
+        for text in ("What is the capital of France?", "Tell me a story about a lighthouse keeper.", "Hi!")
+    ]
+    rows = [
+        Spec(prompts[0], join_at=0, n=8, caps={14: 0.5, 16: 1.0}),
+        Spec(prompts[1], join_at=2, n=8, steer=(2.0, [15])),  # longer: the others move right
+        Spec(prompts[2], join_at=5, n=6, caps={15: 2.0}, change=(2, {15: -1.0})),
+    ]
+    run_batch(smollm.model, rows)
+    for s in rows:
+        assert_same(reference(smollm.model, s), (s.tokens, s.readings, s.deltas), tol=1e-4)
