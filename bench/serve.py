@@ -12,8 +12,8 @@ request from the moment it is sent: its time to first token (the first chunk tha
 * ``per_stream_ratio``: the slowest of the 4 streams' tokens/s against ``single_tok_s``, median (target >= 0.6);
 * ``ttft_p50_s`` / ``ttft_p95_s``: over the 4-stream runs' requests; ``single_ttft_p50_s`` for the single runs.
 
-While the engine decodes one turn at a time (it does now), 4 streams queue: the aggregate stays near the single
-stream's rate and the slowest stream gets about a quarter of it.
+The engine decodes every running request as a row of one batch (:mod:`backend.worker.batch`): 4 streams share
+each step (one turn at a time, as before #24's concurrent decoding, gave speedup 0.98).
 
     python bench/serve.py --quick
     python bench/serve.py --quick --no-compile

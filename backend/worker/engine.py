@@ -1,25 +1,26 @@
 """The generation engine: one model, one FIFO queue of turns, per-session controls applied token by token.
 
 Turns from every session (chat sessions and the OpenAI API's requests, :mod:`backend.worker.openai_turns`, alike)
-run one at a time in a single thread (forward hooks are global to the model object,
-so two concurrent generations would see each other's caps). A control change is queued for its session and
-picked up by the generation loop at the start of the next step: it applies to the forward pass over the next
-token and to everything sampled after it, and the loop records ``controls_applied`` with the token index. Every
-token event carries the controls version that was in force for the forward pass over that token.
-
-Each turn runs on :class:`backend.decode.engine.Decoder` with :class:`backend.hooks.rows.RowControls`
-(:mod:`backend.worker.turn`): a comparison's capped and uncapped columns are one job and one batch of two rows (the
-cap on the capped row only, each row with its own generator seeded alike), so each column equals what its
-single-row run would produce. The queue's items are in :mod:`backend.worker.jobs`.
+are decoded together in a single thread (forward hooks are global to the model object): every running turn is a row
+of one batch (:mod:`backend.worker.batch`), each row with its own cap, steering, generator and stop condition, so each
+equals its single-row run. A queued job joins between two steps once its rows fit (up to ``batch_rows``) and its
+session has no running job (its next turn replies to this one); rows leave as they end. A model whose cache cannot
+take rows that join mid-way (a sliding window shorter than its context), or ``batch_rows=1``, runs one job at a time
+(:func:`backend.worker.turn.run_turn`, on a compiled step when one is ready; a comparison's two columns still one
+batch). A control change is queued for its session and picked up at the start of the next step: it applies to the
+forward pass over the next token and to everything sampled after it, and the loop records ``controls_applied`` with
+the token index. Every token event carries the controls version that was in force for the forward pass over that
+token. The queue's items are in :mod:`backend.worker.jobs`.
 
 A transcript projection (``POST /project``) is queued as a :class:`backend.worker.jobs.Projection` and read a slice
 at a time (:data:`PROJECTION_SLICE_TOKENS` positions, a fraction of a second for the embedded model on two cores)
-between turns: after each slice a queued turn runs first, and after each turn the next slice, so neither starves
-the other. Before each slice a projection whose client went away or whose deadline passed is dropped.
+between steps: a slice runs once the batch's steps since the last slice took as long as that slice did (one job at a
+time: after each slice a queued turn runs first, and after each turn the next slice), so neither starves the other.
+Before each slice a projection whose client went away or whose deadline passed is dropped.
 
-:meth:`Engine.shutdown` stops the engine for good: the running turn ends ``incomplete`` at its next step (with the
-tokens it has), queued turns are marked ``incomplete``, queued calls and projections fail, and the generation thread
-ends, so that the interpreter never exits while it runs torch code.
+:meth:`Engine.shutdown` stops the engine for good: the running turns end ``incomplete`` at their next step (with the
+tokens they have), queued turns are marked ``incomplete``, queued calls and projections fail, and the generation
+thread ends, so that the interpreter never exits while it runs torch code.
 """
 
 from __future__ import annotations

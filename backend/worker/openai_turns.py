@@ -3,7 +3,8 @@ the app's chat list can show it), queued like any chat turn (:meth:`backend.work
 followed through the turn's stored events, the same ones a chat's event stream reads.
 
 The request's :class:`~backend.worker.jobs.Job` carries everything its row needs (its messages, controls in its
-session, stop strings, a token limit), so it can share a batch with other rows once the engine decodes several.
+session, stop strings, a token limit): it is a row of the engine's running batch, beside chat turns and other
+requests (:mod:`backend.worker.batch`).
 """
 
 from __future__ import annotations
