@@ -130,6 +130,15 @@ class Batch:
         if not keep:
             self.close()  # an empty batch leaves the model as it found it
 
+    def extend(self, row: int, new_tokens: int) -> None:
+        """Let ``row`` feed up to ``new_tokens`` more tokens from now (its limit was raised), re-laying the cache
+        when it has no room for them."""
+        if not 0 <= row < self.rows:
+            raise PersonaSpaceError(f"row {row} is not in 0..{self.rows - 1}")
+        self.left[row] = max(0, int(new_tokens))
+        if self.decoder.length + max(self.left) > self.decoder.capacity:
+            self._relayout(list(range(self.rows)), None, list(self.left))
+
     @torch.inference_mode()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed one token per row; returns the next logits ``(rows, vocab)``. Readouts: :meth:`readouts`."""

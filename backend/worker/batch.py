@@ -2,7 +2,7 @@
 one :class:`backend.decode.batch.Batch`, decoded together one step at a time.
 
 A queued job joins between two steps (:meth:`Running.admit`: its turns start, each row's prompt is read alone and
-joins the batch with its own cap, steering and generator); at each step (:meth:`Running.step`) every session's
+joins the batch with its own cap, steering and generator, the cache sized to its token limit); at each step (:meth:`Running.step`) every session's
 pending control change is applied to its rows (from their next token), each row picks its token or ends (its stop
 string, its limit, an end-of-turn token, a stop or the worker stopping) exactly as a turn alone does
 (:mod:`backend.worker.turn`: the same per-row functions write the same events), the rows that ended leave, and the
@@ -73,8 +73,7 @@ class Running:
                     assert r.state is not None
                     configure_row(engine, c, k, r.job.variant, r.state.controls)
 
-                budget = max(1, min(MAX_NEW_TOKENS, engine.max_context - len(r.prompt)))
-                i, logits = self.batch.join(r.prompt, budget, configure)
+                i, logits = self.batch.join(r.prompt, self._budget(r), configure)
                 monitor = controls.readouts().monitor  # the prompt's pass: its last position is the prompt's last token
                 r.prompt_projection = round(float(monitor[i]), 5) if monitor is not None else None
                 self.rows.append(r)
@@ -101,6 +100,9 @@ class Running:
         assert controls is not None
         for sid in self.sessions():
             take_pending(engine, sid, controls, [(i, r) for i, r in enumerate(self.rows) if r.job.session_id == sid])
+        for i, r in enumerate(self.rows):  # a limit raised mid-turn: room for the tokens it now allows
+            if self._budget(r) - r.index > self.batch.left[i]:
+                self.batch.extend(i, self._budget(r) - r.index)
         fed: list[int | None] = []
         for i, r in enumerate(self.rows):
             if r.job.stop.is_set():
@@ -111,7 +113,7 @@ class Running:
                 _end(engine, [r], controls, status, reason, r.state.version, r.started, i)
                 fed.append(None)
             else:
-                fed.append(pick(engine, r, i, self.logits[i], controls, MAX_NEW_TOKENS))
+                fed.append(pick(engine, r, i, self.logits[i], controls, r.index + self.batch.left[i]))
         ended = [i for i, r in enumerate(self.rows) if r.status is not None]
         self.batch.leave(ended)
         kept = [i for i in range(len(self.rows)) if i not in set(ended)]
@@ -154,6 +156,11 @@ class Running:
         left = {r.job.turn_id for r in self.rows}
         self.jobs = [j for j in self.jobs if any(t in left for t in self._turns(j))]
         return ids
+
+    def _budget(self, r: Row) -> int:
+        """The tokens row ``r`` may generate in all under the controls in force (its cache is sized to it)."""
+        assert r.state is not None
+        return max(1, min(r.state.controls.max_new_tokens, MAX_NEW_TOKENS, self.engine.max_context - len(r.prompt)))
 
     @staticmethod
     def _turns(job: Job) -> list[int]:

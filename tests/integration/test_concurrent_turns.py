@@ -23,7 +23,9 @@ SPECS = (  # (content, controls, compare)
 )
 
 
-def _engine(tiny_world, path, batch_rows):  # type: ignore[no-untyped-def]
+def _engine(tiny_world, path, batch_rows, on_token=None):  # type: ignore[no-untyped-def]
+    """An engine whose token and turn-end writes are logged in order; ``on_token(turn, n)`` runs on the generation
+    thread after a turn's ``n``-th token is written (between two steps)."""
     from backend.models.loading import load_model
     from backend.worker.db import Database
     from backend.worker.engine import Engine
@@ -35,7 +37,10 @@ def _engine(tiny_world, path, batch_rows):  # type: ignore[no-untyped-def]
 
     def append_token(sid: str, turn: int, piece: str, data: dict[str, Any]) -> Any:
         log.append(("token", turn))
-        return append(sid, turn, piece, data)
+        out = append(sid, turn, piece, data)
+        if on_token is not None:
+            on_token(turn, sum(1 for kind, t in log if kind == "token" and t == turn))
+        return out
 
     def finish_turn(turn: int, *args: Any, **kwargs: Any) -> Any:
         log.append(("end", turn))
@@ -140,17 +145,24 @@ def test_overlapping_turns_each_equal_their_solo_run(tiny_world, tmp_path, solo)
 def test_a_stop_or_a_control_change_touches_only_its_own_session(tiny_world, tmp_path, solo) -> None:  # type: ignore[no-untyped-def]
     from backend.worker.schemas import ControlsPatch
 
-    engine, log = _engine(tiny_world, tmp_path / "batched.sqlite3", batch_rows=4)
+    ids: dict[str, Any] = {}
+
+    def on_token(turn: int, n: int) -> None:  # after the changed turn's 2nd token, before the next step
+        if turn == ids.get("turn") and n == 2:
+            engine.stop(ids["stopped"])
+            ids["version"] = engine.patch_controls(ids["changed"], ControlsPatch(cap_enabled=True, cap_percentile=60.0))[1]
+
+    engine, _ = _engine(tiny_world, tmp_path / "batched.sqlite3", batch_rows=4, on_token=on_token)
     try:
-        stopped, pair = _submit(engine, *SPECS[0][:3], api=False)
-        changed, [turn] = _submit(engine, "What is a ghost?", dict(cap_enabled=False, max_new_tokens=40, seed=5), False, False)
-        third = _submit(engine, *SPECS[2][:3], api=True)
-        while sum(1 for kind, t in log if kind == "token" and t == turn) < 2:
-            time.sleep(0.001)
-        with engine.model_lock:  # between two steps
-            engine.stop(stopped)
-            _, version = engine.patch_controls(changed, ControlsPatch(cap_enabled=True, cap_percentile=60.0))
+        with engine.model_lock:  # all three join before the first step
+            stopped, pair = _submit(engine, *SPECS[0][:3], api=False)
+            changed, [turn] = _submit(
+                engine, "What is a ghost?", dict(cap_enabled=False, max_new_tokens=40, seed=5), False, False
+            )
+            third = _submit(engine, *SPECS[2][:3], api=True)
+            ids.update(stopped=stopped, changed=changed, turn=turn)
         _wait(engine, [stopped, changed, third[0]])
+        version = ids["version"]
         assert {engine.db.turn(t)["status"] for t in pair} == {"stopped"}
         _same([_reply(engine, third[0], third[1][0])], solo[2])  # the other session's request: as if alone
         events = engine.db.events(changed)
@@ -159,8 +171,31 @@ def test_a_stop_or_a_control_change_touches_only_its_own_session(tiny_world, tmp
         tokens = [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
         assert engine.db.turn(turn)["status"] == "done" and len(tokens) == 40
         start = applied[0]["from_token"]
-        assert 2 <= start < len(tokens)
+        assert start == 2
         assert [t["controls_version"] == version for t in tokens] == [i >= start for i in range(len(tokens))]
         assert [t["cap_on"] for t in tokens] == [i >= start for i in range(len(tokens))]  # the cap is on from there
+    finally:
+        _close(engine)
+
+
+@pytest.mark.timeout(600)
+def test_a_limit_raised_mid_turn_gives_the_row_room_for_it(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from backend.worker.schemas import ControlsPatch
+
+    ids: dict[str, Any] = {}
+
+    def on_token(turn: int, n: int) -> None:  # after its 2nd of 4 tokens, before the next step
+        if turn == ids.get("turn") and n == 2:
+            engine.patch_controls(ids["sid"], ControlsPatch(max_new_tokens=30))
+
+    engine, _ = _engine(tiny_world, tmp_path / "batched.sqlite3", batch_rows=4, on_token=on_token)
+    try:
+        with engine.model_lock:
+            other, _ = _submit(engine, *SPECS[1][:3], api=False)
+            sid, [turn] = _submit(engine, "Hello there.", dict(cap_enabled=False, max_new_tokens=4, seed=1), False, False)
+            ids.update(sid=sid, turn=turn)
+        _wait(engine, [sid, other])
+        tokens = [e for e in engine.db.events(sid) if e["type"] == "token" and e["turn"] == turn]
+        assert engine.db.turn(turn)["status"] == "done" and len(tokens) == 30
     finally:
         _close(engine)

@@ -9,7 +9,7 @@ import pytest
 from backend.decode.batch import Batch
 from backend.errors import PersonaSpaceError
 from tests.helpers.batch_oracle import Spec, reference, run_batch
-from tests.helpers.decode_oracle import STOP, assert_same
+from tests.helpers.decode_oracle import STOP, assert_same, eager_reference
 from tests.helpers.tiny import random_ids, tiny_model
 
 # gemma3's tiny config keeps a 16-position sliding window: a batch's cache is longer (refused; test below)
@@ -66,3 +66,27 @@ def test_a_sliding_window_shorter_than_the_cache_is_refused() -> None:
     batch = Batch(tiny_model("gemma3"), pad_id=STOP, bucket=64)
     with pytest.raises(PersonaSpaceError, match="sliding window"):
         batch.join(random_ids(batch=1, length=5, seed=3)[0].tolist(), 20)
+
+
+def test_a_row_whose_limit_is_raised_goes_on_as_its_longer_run(llama) -> None:  # type: ignore[no-untyped-def]
+    prompt = random_ids(batch=1, length=6, seed=8)[0].tolist()
+    other = random_ids(batch=1, length=4, seed=9)[0].tolist()
+    expected, _, _ = eager_reference(llama, prompt, 9)
+    batch = Batch(llama, pad_id=STOP, bucket=1)
+    _, first = batch.join(prompt, 3)
+    _, second = batch.join(other, 2)
+    logits, tokens = [first, second], []
+    for index in range(9):
+        if index == 2:
+            batch.leave([1])  # the other row is done
+            logits = logits[:1]
+        if index == 3:
+            batch.extend(0, 6)  # its limit rose from 3 to 9 tokens
+            assert batch.decoder.capacity >= batch.length + 6
+        token = int(logits[0].argmax())
+        tokens.append(token)
+        fed = [token] + ([5] if batch.rows == 2 else [])
+        logits = list(batch.step(fed))
+    assert tokens == expected
+    with pytest.raises(PersonaSpaceError, match="past its token budget"):
+        batch.step([5])
