@@ -139,7 +139,8 @@ class Running:
         ids = [r.job.turn_id for r in gone if r.status is None]
         for r in gone:
             r.status = r.status or "error"
-        indices = [i for i, r in enumerate(self.rows) if r in gone]
+        mine = {id(r) for r in gone}
+        indices = [i for i, r in enumerate(self.rows) if id(r) in mine]
         try:
             self.batch.leave(indices)
         except Exception:  # the batch itself is broken: start a new one
@@ -150,7 +151,7 @@ class Running:
                 loaded.model, self.engine.row_controls, layers_path=loaded.info.layers_path, pad_id=self.engine.pad_id
             )
             indices = list(range(len(self.rows)))
-            ids += [r.job.turn_id for r in self.rows if r not in gone and r.status is None]
+            ids += [r.job.turn_id for r in self.rows if id(r) not in mine and r.status is None]
         self.rows = [r for i, r in enumerate(self.rows) if i not in set(indices)]
         self.logits = [x for i, x in enumerate(self.logits) if i not in set(indices)]
         left = {r.job.turn_id for r in self.rows}

@@ -56,6 +56,9 @@ class Engine(Protocol):
     pad_id: int
     closed: bool  # the worker is stopping
 
+    @property
+    def batch(self) -> object | None: ...  # the running batch (backend.worker.batch) when turns share one; else None
+
     def validate_controls(self, controls: Controls) -> Controls: ...
 
     def cap_record(self, controls: Controls, variant: str) -> Cap | None: ...
@@ -319,9 +322,12 @@ def _end(
             mean = live.capture_mean()[i]
             axis = engine.axis[engine.target]
             try:
-                if status == "incomplete":  # the worker is stopping: no waiting for the map
+                # the worker is stopping, or other rows would wait too: no waiting for the map (no UMAP yet)
+                if status == "incomplete" or (engine.batch is not None and engine.placement.phase != "ready"):
                     summary.update(pca=engine.placement.pca(mean), nearest=engine.placement.nearest(mean))
                     summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
+                    if status != "incomplete":
+                        summary["placement_note"] = "placed without UMAP: the map was still being built"
                 else:
                     summary.update(engine.placement.place(mean))
                     summary["mean_projection"] = summary.pop("projection")
