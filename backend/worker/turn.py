@@ -57,7 +57,7 @@ class Engine(Protocol):
     closed: bool  # the worker is stopping
 
     @property
-    def batch(self) -> object | None: ...  # the running batch (backend.worker.batch) when turns share one; else None
+    def batch(self) -> object | None: ...  # the running batch (its ``rows``) when turns share one; else None
 
     def validate_controls(self, controls: Controls) -> Controls: ...
 
@@ -322,8 +322,9 @@ def _end(
             mean = live.capture_mean()[i]
             axis = engine.axis[engine.target]
             try:
-                # the worker is stopping, or other rows would wait too: no waiting for the map (no UMAP yet)
-                if status == "incomplete" or (engine.batch is not None and engine.placement.phase != "ready"):
+                # the worker is stopping, or other rows of the batch would wait too: no waiting for the map (no UMAP)
+                others = len(getattr(engine.batch, "rows", ())) > 1  # this row is still one of them
+                if status == "incomplete" or (others and engine.placement.phase != "ready"):
                     summary.update(pca=engine.placement.pca(mean), nearest=engine.placement.nearest(mean))
                     summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
                     if status != "incomplete":
