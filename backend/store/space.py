@@ -29,6 +29,9 @@ activation_norm           (L,)                  mean norm of pool answers: the s
 umap_2d / umap_3d         (R, 2) / (R, 3)       UMAP of role vectors at the target layer (cosine)
 umap_default_2d / _3d     (2,) / (3,)           the default vector placed through UMAP's transform
 ========================  ====================  ===========================================================
+
+Optional: ``trait_vectors`` ``(T, L, d)`` with the manifest's ``trait_set`` (``build-traits``; see
+:mod:`backend.store.traits`); checked on load when present, and a space without them is a whole space.
 """
 
 from __future__ import annotations
@@ -222,6 +225,8 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     tensor_file = root / TENSOR_FILE
     if not tensor_file.exists():
         raise SpaceError(f"{root} lacks {TENSOR_FILE}")
+    from backend.store.traits import check_trait_shapes  # traits are optional: backend/store/traits.py
+
     expected = manifest["files"].get(TENSOR_FILE)
     actual = sha256_file(tensor_file)
     if expected != actual:
@@ -235,7 +240,8 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     missing = [k for k in REQUIRED_TENSORS if k not in tensors]
     if missing:
         raise SpaceError(f"{tensor_file} lacks tensors {missing}")
-    problem = check_shapes(manifest, {name: tuple(t.shape) for name, t in tensors.items()})
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    problem = check_shapes(manifest, shapes) or check_trait_shapes(manifest, shapes)
     if problem is not None:
         raise SpaceError(f"{tensor_file} does not fit its manifest: {problem}")
     problem = check_finite(tensors)
