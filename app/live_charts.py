@@ -14,7 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.conversation import Conversation, Reply
+from app.conversation import Conversation, Exchange, Reply
 
 VARIANT_COLORS = {"single": "#4c78a8", "uncapped": "#e45756", "capped": "#4c78a8"}
 CAP_COLORS = {"before": "#f58518", "after": "#4c78a8", "tau": "#54a24b", "moved": "#b279a2"}
@@ -114,11 +114,19 @@ def control_changes(conv: Conversation, reply: Reply) -> list[tuple[int, str]]:
     return out
 
 
+def shown_exchange(conv: Conversation) -> Exchange | None:
+    """The exchange the per-token chart draws: the newest with a token (a stopped or cancelled newer one that never
+    started would leave the chart blank), else the newest."""
+    with_tokens = [ex for ex in conv.exchanges if any(r.tokens for r in ex.replies.values())]
+    return with_tokens[-1] if with_tokens else (conv.exchanges[-1] if conv.exchanges else None)
+
+
 def live_token_figure(conv: Conversation, summary: dict[str, Any] | None, window: int = 5) -> go.Figure:
-    """The latest exchange token by token: monitor layer on top, the first capped layer (before/after the cap,
-    the floor tau, the tokens moved) below, control changes labelled on both."""
+    """The newest exchange with tokens, token by token: monitor layer on top, the first capped layer (before/after
+    the cap, the floor tau, the tokens moved) below, control changes labelled on both."""
     monitor_layer = summary.get("target_layer") if summary else None
-    replies = list(conv.exchanges[-1].replies.values()) if conv.exchanges else []
+    shown = shown_exchange(conv)
+    replies = list(shown.replies.values()) if shown is not None else []
     capped = [(r, token_series(r)) for r in replies]
     cap_layer = next((layer for _, s in capped for layer in s["cap_layer"] if layer is not None), None)
     fig = make_subplots(
@@ -157,12 +165,12 @@ def live_token_figure(conv: Conversation, summary: dict[str, Any] | None, window
                                      name=pre + "moved by the cap", marker={"symbol": "triangle-up", "size": 8, "color": CAP_COLORS["moved"]},
                                      hovertemplate="token %{x}: raised to %{y:.2f}<extra></extra>"), row=2, col=1)  # fmt: skip
         for mark, label in control_changes(conv, reply):
-            fig.add_vline(x=mark - 0.5, line_dash="dash", line_color="gray", row="all", col=1)  # type: ignore[arg-type]
+            fig.add_vline(x=mark - 0.5, line_dash="dash", line_color="gray", row="all", col=1)
             fig.add_annotation(x=mark - 0.5, y=1.0, yref="paper", xref="x", text=html.escape(label), showarrow=False,
                                xanchor="left", yanchor="bottom", font={"size": 11, "color": "#555"})  # fmt: skip
     if summary:
         fig.add_hline(y=summary["assistant"]["projection"], line_dash="dot", line_color="green",
-                      annotation_text="Assistant", row=1, col=1)  # type: ignore[arg-type]  # fmt: skip
+                      annotation_text="Assistant", row=1, col=1)  # fmt: skip
     fig.update_layout(height=460, template="plotly_white", margin={"t": 60, "b": 30}, legend={"orientation": "h", "y": -0.12},
                       uirevision="live")  # fmt: skip
     fig.update_xaxes(title_text="token", row=2, col=1)

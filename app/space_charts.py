@@ -137,15 +137,15 @@ def persona_map(
         )
         fig.add_trace(scatter(**coords, mode="markers+text", text=[r["name"] for r in chosen], marker=ring, name="highlighted", hoverinfo="skip",
                               **({"textposition": "top center"} if dims == 2 else {})))  # fmt: skip
-    names = axis_labels(layout)
+    titles = axis_labels(layout)
     where = f"layer {summary['layer']}" if layout != "umap" else f"layer {summary['target_layer']}"
     fig.update_layout(title=f"{len(roles)} archetypes — {LAYOUTS[layout]} at {where}", height=620, template="plotly_white",
                       margin={"l": 10, "r": 10, "t": 50, "b": 10}, legend={"orientation": "h"})  # fmt: skip
     if dims == 3:
-        fig.update_layout(scene={"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": names[2]}, uirevision="keep")
+        fig.update_layout(scene={"xaxis_title": titles[0], "yaxis_title": titles[1], "zaxis_title": titles[2]}, uirevision="keep")
     else:
-        fig.update_xaxes(title=names[0])
-        fig.update_yaxes(title=names[1])
+        fig.update_xaxes(title=titles[0])
+        fig.update_yaxes(title=titles[1])
     return fig
 
 

@@ -27,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.helpers.scratch import use_scratch_cache
 from tests.helpers.worker_harness import Worker, big_export
 
 HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
@@ -40,6 +41,23 @@ HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
     ("GET", "/sessions", None, {"host": "evil.example"}),
     ("POST", "/sessions", "title=x", {"origin": "https://evil.example", "content-type": "application/x-www-form-urlencoded"}),
     ("POST", "/project", "[" * 50_000 + "]" * 50_000, {}),
+    # the second red-team pass (issue #27): text UTF-8 cannot encode, deep nesting, export shapes the app cannot read,
+    # sampling too small to compute with, a flood of unknown keys, lax Host and Origin
+    ("POST", "/project", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\\ud800"}]}', {}),
+    ("POST", "/sessions", '{"title": "x", "controls": {"\\udc00": 1}}', {}),
+    ("POST", "/sessions/import", '{"format": "persona-space-session", "session": {"controls": {}}, "turns": '
+     '[{"id": 1, "role": "user", "content": "x"}, {"id": 2, "role": "assistant", "content": "y", "summary": {"k": "\\ud800"}}], "events": []}', {}),
+    ("POST", "/sessions/import", '{"format": "persona-space-session", "session": {"controls": {}}, "turns": '
+     '[{"id": 1, "role": "user", "content": "x"}, {"id": 2, "role": "assistant", "content": "y"}], "events": '
+     '[{"type": "token", "turn": 2, "seq": 1, "data": ' + "[" * 300 + "]" * 300 + "}]}", {}),
+    ("POST", "/sessions/import", '{"format": "persona-space-session", "session": {"controls": {}}, "turns": '
+     '[{"id": 1, "role": "user", "content": "x"}, {"id": 2, "role": "assistant", "content": "y"}], "events": '
+     '[{"type": "token", "turn": 2, "seq": 1, "data": {"index": "zero", "text": 5, "projection": null}}]}', {}),
+    ("POST", "/sessions", '{"controls": {"temperature": 1e-38, "greedy": false}}', {}),
+    ("POST", "/sessions", '{"controls": {"top_p": 1e-300, "greedy": false}}', {}),
+    ("POST", "/sessions", '{"controls": {' + ", ".join(f'"k{i}": {i}' for i in range(20_000)) + "}}", {}),
+    ("GET", "/sessions", None, {"host": "[::1]evil.example"}),
+    ("POST", "/sessions", "{}", {"origin": "http://evil.example\\@127.0.0.1"}),
 ]  # fmt: skip
 PROMPTS = ["Tell me about bread.", "How do tides work?", "Who are you?", "Describe a storm.", "Give me advice."]
 
@@ -239,4 +257,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()
