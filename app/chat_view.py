@@ -433,7 +433,8 @@ def charts_view(prefix: str, conv: Conversation, summary: dict[str, Any] | None,
     if not conv.exchanges or summary is None:
         return
     window = int(st.session_state.get(f"{prefix}_smooth", 5))
-    st.plotly_chart(live_token_figure(conv, summary, window), width="stretch", key=f"{prefix}_strip")
+    controls = state(prefix)["controls"]  # the controls in force now: the capped-layer panel's title follows them
+    st.plotly_chart(live_token_figure(conv, summary, window, controls), width="stretch", key=f"{prefix}_strip")
     a, b = (st.container(), st.container()) if stacked else st.columns(2)
     selected = a.plotly_chart(turn_chart(conv, summary), width="stretch", key=f"{prefix}_turns", on_select="rerun")
     b.plotly_chart(trajectory(conv, summary), width="stretch", key=f"{prefix}_trajectory")
