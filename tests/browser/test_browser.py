@@ -66,7 +66,7 @@ def test_chat_streams_and_the_cap_slider_moves_mid_reply(servers, browser) -> No
     slider(page, "Cap threshold").focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
-    page.get_by_text("Cap on").click()
+    page.get_by_test_id("stSidebarUserContent").get_by_text("Cap on", exact=True).click()
     streamed = reply_text(page)
     wait_until(
         lambda: (
@@ -133,7 +133,7 @@ def test_a_cap_change_mid_reply_shows_on_the_capped_layer_line_from_the_next_tok
     page = open_chat_and_send(servers, browser, "Write a long poem about the sea and the wind.")
     wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 30, timeout=90)
     assert trace(page, "after cap") is None  # the cap is off: nothing at the capped layer yet
-    page.get_by_text("Cap on").click()
+    page.get_by_test_id("stSidebarUserContent").get_by_text("Cap on", exact=True).click()
     tau = wait_until(lambda: trace(page, "floor τ"), timeout=60)
     sid = session_of(page)
     applied = wait_until(lambda: [e for e in worker_events(servers, sid) if e["type"] == "controls_applied"], timeout=60)

@@ -90,4 +90,13 @@ def test_the_toolbar_has_no_deploy_and_no_stop(app_alone, browser) -> None:  # t
         time.sleep(0.25)
     assert not [t for t in seen if "Deploy" in t or "Stop" in t], seen
     assert page.get_by_role("button", name="Deploy").count() == 0
+    # the running indicator shows only while a run takes long (under load, it offered "Stop"): the page's rule hides
+    # its buttons, checked on an indicator of the same shape
+    hidden = page.evaluate(
+        """() => { const w = document.createElement('div'); w.setAttribute('data-testid', 'stStatusWidget');
+                   const b = document.createElement('button'); b.textContent = 'Stop'; w.appendChild(b);
+                   document.querySelector('header').appendChild(w);
+                   const d = getComputedStyle(b).display; w.remove(); return d; }"""
+    )
+    assert hidden == "none"
     page.close()
