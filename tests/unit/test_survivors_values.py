@@ -222,7 +222,20 @@ def test_the_reading_after_the_cap_is_the_first_capped_layers() -> None:
     assert off == {"cap_on": False, "tau": None, "cap_delta": 0.0, "cap_layers": None}
 
 
-def test_the_reading_after_the_cap_is_the_floor_on_a_real_forward_pass(tiny_chat) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def own_tiny_chat(smol_tokenizer):  # type: ignore[no-untyped-def]
+    """A tiny chat model of this test's own: the session's ``tiny_chat`` is shared, and a test before this one in the
+    full suite left it in a state where a hook attached here did not reach the forward pass (CI, stop 30)."""
+    from backend.models.loading import LoadedModel, describe
+    from tests.helpers.tiny import tiny_model
+
+    model = tiny_model("llama", n_layers=4, vocab=len(smol_tokenizer))
+    info = describe(model, smol_tokenizer, spec="tiny-llama", name="tiny-llama", source="random", fingerprint="tiny-0")
+    return LoadedModel(model=model, tokenizer=smol_tokenizer, info=info)
+
+
+def test_the_reading_after_the_cap_is_the_floor_on_a_real_forward_pass(own_tiny_chat) -> None:  # type: ignore[no-untyped-def]
+    tiny_chat = own_tiny_chat
     # oracle: after a floor tau at the first capped layer, a position that read below tau reads exactly tau
     space = fake_space()
     controls = RowControls(1, N_LAYERS, HIDDEN, cap_directions=space.tensors["axis"], layers=[1, 2])
