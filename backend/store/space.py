@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from backend.errors import SpaceError, SpaceMismatchError
+from backend.store.trait_check import check_trait_shapes
 from backend.view.manifest import check_manifest, check_shapes, check_text
 
 FORMAT_VERSION = 1
@@ -225,8 +226,6 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     tensor_file = root / TENSOR_FILE
     if not tensor_file.exists():
         raise SpaceError(f"{root} lacks {TENSOR_FILE}")
-    from backend.store.traits import check_trait_shapes  # traits are optional: backend/store/traits.py
-
     expected = manifest["files"].get(TENSOR_FILE)
     actual = sha256_file(tensor_file)
     if expected != actual:

@@ -13,7 +13,7 @@ trait_vectors       (T, L, d)   per kept trait: mean(expressing answers) - mean(
 something else: the projections an imported paper release lists.)
 
 :func:`add_traits` writes a space's traits (atomically, through :func:`~backend.store.space.write_space`; traits
-already there are replaced); :func:`check_trait_shapes` is part of loading a space; :func:`read_traits` gives them.
+already there are replaced); :func:`backend.store.trait_check.check_trait_shapes` is part of loading a space; :func:`read_traits` gives them.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ import torch
 
 from backend.errors import SpaceError
 from backend.store.space import Space, load_space, write_space
-
-TRAIT_TENSOR = "trait_vectors"
-TRAIT_FIELD = "trait_set"
+from backend.store.trait_check import TRAIT_FIELD, TRAIT_TENSOR
 
 
 @dataclass(frozen=True)
@@ -42,27 +40,6 @@ class SpaceTraits:
         if name not in self.names:
             raise SpaceError(f"the space has no vector for trait {name!r}")
         return self.vectors[self.names.index(name)]
-
-
-def check_trait_shapes(manifest: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """None when the space's traits (if any) are consistent with its manifest, else one line naming the problem."""
-    field, has_tensor = manifest.get(TRAIT_FIELD), TRAIT_TENSOR in shapes
-    if field is None and not has_tensor:
-        return None
-    if field is None or not has_tensor:
-        return f"it has {'the tensor ' + TRAIT_TENSOR if has_tensor else 'the field ' + TRAIT_FIELD} without the other"
-    if not isinstance(field, dict) or not isinstance(field.get("kept_order"), list) or not isinstance(field.get("traits"), list):
-        return f"field {TRAIT_FIELD} must be an object with the lists 'traits' and 'kept_order'"
-    names = field["kept_order"]
-    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-        return f"field {TRAIT_FIELD}.kept_order must list distinct trait names"
-    entries = {e.get("name"): e for e in field["traits"] if isinstance(e, dict)}
-    if any(n not in entries or not entries[n].get("kept") for n in names):
-        return f"field {TRAIT_FIELD}.kept_order names a trait that {TRAIT_FIELD}.traits does not list as kept"
-    expected = (len(names), manifest["n_layers"], manifest["hidden"])
-    if tuple(shapes[TRAIT_TENSOR]) != expected:
-        return f"tensor {TRAIT_TENSOR} has shape {tuple(shapes[TRAIT_TENSOR])}, but the manifest implies {expected}"
-    return None
 
 
 def read_traits(space: Space) -> SpaceTraits | None:
