@@ -15,7 +15,6 @@ from typing import Any
 from backend.catalogue.traits import Trait
 from backend.judges.embedding import Judged
 from backend.judges.llm import JudgeError, OpenAIJudge, hash_text
-from backend.openai_client import Endpoint, clip
 
 TRAIT_RUBRIC = """\
 You rate how strongly a language model's answer expresses a character trait. You are shown the trait, what \
@@ -42,6 +41,9 @@ class OpenAITraitJudge(OpenAIJudge):
     """Scores answers 0-100 for trait expression (see the module docstring); ``from_env`` as for the role judge."""
 
     name = "openai-trait"
+    scale = "0-100"
+    asked = "on trait"
+    nudge = TRAIT_NUDGE
 
     def __init__(self, traits: Sequence[Trait], api_key: str | None, **options: Any) -> None:
         super().__init__((), api_key, **{"max_tokens": 8, **options})
@@ -77,18 +79,8 @@ class OpenAITraitJudge(OpenAIJudge):
         )
         return [{"role": "system", "content": TRAIT_RUBRIC}, {"role": "user", "content": user}]
 
-    def judge_one(self, role: str, text: str, endpoint: Endpoint | None = None) -> Judged:
-        base = self.messages(role, text)
-        messages = base
-        reply = ""
-        tries = self.max_retries + 1
-        for _ in range(tries):
-            reply = self.complete(messages, endpoint or self.pool.endpoints[0], role)
-            score = parse_expression(reply)
-            if score is not None:
-                return Judged(score, f"{self.name} {self.model}: {score}/100")
-            messages = [*base, {"role": "assistant", "content": reply}, {"role": "user", "content": TRAIT_NUDGE}]
-        raise JudgeError(
-            f"the judge model {self.model} gave no score 0-100 for an answer on trait {role!r} after {tries} tries; its "
-            f"last reply was {clip(reply)!r}. Choose a model that follows instructions (PERSONA_SPACE_JUDGE_MODEL)"
-        )
+    def parse(self, reply: str) -> int | None:
+        return parse_expression(reply)
+
+    def verdict(self, score: int) -> str:
+        return f"{score}/100"
