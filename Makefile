@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Debian's Chromium drives the browser tests (Playwright uses it; it never downloads a browser).
 APT_PACKAGES := chromium
 
-.PHONY: setup test-deps run test check lint bench clean
+.PHONY: setup test-deps run test check lint bench mutation clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench: setup
 	$(PY) bench/soak.py --quick
 	$(PY) bench/cap_eval.py --quick
 	$(PY) bench/app.py
+
+# Mutation score of the pure modules (mutmut; minutes on 2 cores, not part of CI): reports/mutation/report.md, and
+# a JSON last line. One module: `$(PY) bench/mutation.py --only windows`. See docs/mutants.md.
+mutation: setup
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) bench/mutation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,15 +23,26 @@ def find_reports(root: Path | None = None) -> list[Path]:
     base = root or reports_root()
     if not base.is_dir():
         return []
-    found = []
-    for file in [*base.glob("report.json"), *base.glob("*/report.json"), *base.glob("*/*/report.json")]:
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and "recommendation" in data and "settings" in data:
-            found.append(file)
+    found = [f for f in [*base.glob("report.json"), *base.glob("*/report.json"), *base.glob("*/*/report.json")] if _is_report(f)]
     return sorted(found, key=lambda f: f.stat().st_mtime, reverse=True)
+
+
+def _is_report(file: Path) -> bool:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "recommendation" in data and "settings" in data
+
+
+def shipped_reports() -> list[Path]:
+    """The cap evaluations measured on the development machine and shipped in ``docs/results/`` (read-only)."""
+    return [file for file in sorted((ROOT / "docs" / "results").glob("cap-eval-*.json")) if _is_report(file)]
+
+
+def report_label(file: Path) -> str:
+    """A report's name in the chooser: its run folder, or "shipped: <file>" for one in ``docs/results/``."""
+    return f"shipped: {file.stem}" if file.parent == ROOT / "docs" / "results" else file.parent.name
 
 
 def read_report(file: Path) -> dict[str, Any]:

@@ -5,30 +5,57 @@ Every control widget's value lives in ``st.session_state`` under ``{prefix}_{nam
 (``sync_widgets``) from the session's controls, before any widget is drawn. Adopting another session (new, reopened,
 imported) only replaces the controls and asks for a resync, so widgets never keep a stale value and a callback never
 reads a key that is not there.
+
+The widgets always end up showing what the worker holds:
+
+* **Local changes** go out through :func:`push_controls`, which sends every widget that differs from the worker's
+  controls, under the page's lock, in runs of the whole page only (the widgets' ``on_change``, and
+  ``sync_widgets``). Streamlit runs the callbacks of a fast burst of changes on several threads at once;
+  unserialised, their requests reached the worker out of order and left it several steps behind the slider. Each
+  push reads the widgets when it holds the lock, so the last one sends the last values.
+* **Runs of the live fragment never send a control.** Such a run carries the values the browser held when it asked
+  for it, which can be older than a change the page has just sent or drawn; sent, they put the worker back (two
+  tabs on one session switched the cap on and off in turn). A control widget lives outside the fragment, so a change
+  the user makes always comes with a run of the whole page.
+* **Changes made elsewhere** (another tab, the Cap tuning page) arrive as ``controls`` events with a newer version
+  than the page's; :func:`follow_controls` adopts them, and the whole page is run again to draw the worker's
+  values. The last change to reach the worker wins, in every tab.
+* **A refused change** leaves a message that lasts until it is dismissed or a later change is applied, and the
+  widgets show the worker's values again.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
 from app.charts import trajectory, turn_chart
+from app.chat_states import marker, state_line
 from app.client import WorkerError, WorkerUnavailable
-from app.conversation import Conversation, apply_events
+from app.conversation import Conversation, Reply, apply_events
 from app.live_charts import live_token_figure
 from app.ui import call, client, plain
 
 URL_PARAM = {"chat": "session", "demo": "demo"}
+_NEW_STATE = threading.Lock()  # two callback threads must not create two states (and two locks) for one page
 
 
 def state(prefix: str) -> dict[str, Any]:
+    """The page's session: id, conversation, the worker's controls and their version, lasting messages, the lock
+    that serialises its control changes."""
     key = f"{prefix}_state"
-    if key not in st.session_state:
-        st.session_state[key] = {"sid": None, "conv": Conversation(), "controls": None, "resync": True, "notice": None}
+    with _NEW_STATE:
+        if key not in st.session_state:
+            st.session_state[key] = {
+                "sid": None, "conv": Conversation(), "controls": None, "version": None, "resync": True, "notice": None,
+                "info": None, "control_error": None, "send_error": None, "summary": None, "drawn": (),
+                "lock": threading.RLock(),
+            }  # fmt: skip
     value: dict[str, Any] = st.session_state[key]
     return value
 
@@ -78,49 +105,121 @@ def apply_pick(prefix: str) -> None:
     s = state(prefix)
     if not pick or not s["sid"]:
         return
-    result = call(
-        client().patch_controls, s["sid"], cap_enabled=True, cap_percentile=float(pick["cap_percentile"]),
-        cap_layers=[int(x) for x in pick["cap_layers"]],
-    )  # fmt: skip
-    if result is not None:
-        s["controls"] = result["controls"]
-        s["resync"] = True
-        s["notice"] = f"Cap set from Cap tuning: {pick.get('setting', '')}"
+    with s["lock"]:
+        result = call(
+            client().patch_controls, s["sid"], cap_enabled=True, cap_percentile=float(pick["cap_percentile"]),
+            cap_layers=[int(x) for x in pick["cap_layers"]],
+        )  # fmt: skip
+        if result is not None:
+            _took(s, result)
+            s["resync"] = True
+            s["info"] = f"Cap set from Cap tuning: {pick.get('setting', '')}"
+
+
+def _took(s: dict[str, Any], result: dict[str, Any]) -> None:
+    """The worker's answer to a change: its controls and their version are now the page's."""
+    s["controls"] = result["controls"]
+    if result.get("controls_version") is not None:
+        s["version"] = int(result["controls_version"])
+
+
+def _same(a: Any, b: Any) -> bool:
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (a range slider gives a tuple)
+    return bool(norm(a) == norm(b))
 
 
 def sync_widgets(prefix: str, summary: dict[str, Any]) -> None:
-    """Write the widgets' values from the session's controls: all of them after a new session was adopted, the
-    missing ones otherwise (Streamlit forgets a widget's key when its page is left). Call before drawing widgets."""
+    """Write the widgets' values from the session's controls: all of them after a new session was adopted (or the
+    worker's controls changed elsewhere, or refused a change), the missing ones otherwise (Streamlit forgets a
+    widget's key when its page is left); otherwise first send what the widgets changed. Call before drawing widgets."""
     s = state(prefix)
-    values = widget_values(s["controls"] or {}, summary)
-    resync = s.pop("resync", False)
-    for name, value in values.items():
+    with s["lock"]:  # after a push in flight on another thread: its answer is in the controls written here
+        s["summary"] = summary
+        if not s.get("resync"):
+            push_controls(prefix)  # a change whose callback did not run (or ran in an interrupted run)
+        values = widget_values(s["controls"] or {}, summary)
+        resync = s.pop("resync", False)
+        for name, value in values.items():
+            key = f"{prefix}_{name}"
+            if resync or key not in st.session_state:
+                st.session_state[key] = value
+
+
+def local_edits(prefix: str) -> dict[str, Any]:
+    """The controls whose widgets show something else than the worker holds: control field -> the widget's value."""
+    s = state(prefix)
+    if s["controls"] is None or s["summary"] is None:
+        return {}
+    worker = widget_values(s["controls"], s["summary"])
+    edits = {}
+    for name, (field, _, to_control) in WIDGETS.items():
         key = f"{prefix}_{name}"
-        if resync or key not in st.session_state:
-            st.session_state[key] = value
+        if (
+            name in s["drawn"]
+            and name in worker
+            and st.session_state.get(key) is not None
+            and not _same(st.session_state[key], worker[name])
+        ):
+            edits[field] = to_control(st.session_state[key])
+    return edits
 
 
-def push_control(prefix: str, name: str) -> None:
-    """``on_change`` callback: send one control to the worker; it applies from the next token."""
+def fragment_run() -> bool:
+    """This run is one of a fragment only (its widget values may be older than the page's)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
+
+
+def push_controls(prefix: str, *_: Any) -> bool:
+    """Send every control whose widget differs from the worker's value (they apply from the next token): the
+    widgets' ``on_change``, in a run of the whole page. False when the worker refused: the widgets are then redrawn
+    with its values, and the refusal stays on screen."""
     s = state(prefix)
-    value = st.session_state.get(f"{prefix}_{name}")
-    if not s["sid"] or value is None:
-        return
-    field, _, to_control = WIDGETS[name]
-    result = call(client().patch_controls, s["sid"], **{field: to_control(value)})
-    if result is not None:
-        s["controls"] = result["controls"]
-    else:  # refused: show the worker's value again
-        s["resync"] = True
+    if fragment_run():
+        return True
+    with s["lock"]:
+        sid, edits = s["sid"], local_edits(prefix)
+        if not sid or not edits:
+            return True
+        try:
+            result = client().patch_controls(sid, **edits)
+        except (WorkerUnavailable, WorkerError) as exc:
+            shown = ", ".join(f"{field} {value}" for field, value in edits.items())
+            s["control_error"] = f"Not applied: {shown}. {exc} The controls show the worker's values again."
+            s["resync"] = True
+            return False
+        if s["sid"] == sid:
+            _took(s, result)
+            s["control_error"] = None
+        return True
+
+
+def follow_controls(prefix: str, conv: Conversation) -> bool:
+    """In the live fragment: adopt controls changed elsewhere (a newer version in the event log than the page's);
+    True when the widgets must then be redrawn with the worker's values. Without a newer version nothing is done: a
+    widget that differs from the worker here holds a value older than the browser's (see the module's docstring)."""
+    s = state(prefix)
+    newest = conv.newest_controls
+    with s["lock"]:  # after a push in flight: its answer (a newer version of its own) is in s["version"]
+        if newest is None or s["version"] is None or newest[0] <= s["version"]:
+            return False
+        s["version"], s["controls"] = newest[0], newest[1]
+        if local_edits(prefix):
+            s["resync"] = True
+        return bool(s.get("resync"))
 
 
 # sessions --------------------------------------------------------------------------------------------------------
 def adopt(prefix: str, session: dict[str, Any]) -> None:
     """Make ``session`` the page's session: its conversation is read again from the start and its controls
     repopulate every widget; the URL names it, so a refresh or a shared link reopens it."""
+    version = session.get("controls_version")
     state(prefix).update(
-        sid=session["id"], conv=Conversation(), controls=session["controls"], resync=True, title=session.get("title")
-    )
+        sid=session["id"], conv=Conversation(), controls=session["controls"], resync=True, title=session.get("title"),
+        version=None if version is None else int(version), control_error=None, send_error=None,
+    )  # fmt: skip
     st.query_params[URL_PARAM[prefix]] = session["id"]
 
 
@@ -214,13 +313,27 @@ def session_picker(prefix: str, title_prefix: str | None = None) -> None:
         return
     labels = {r["id"]: session_label(r) for r in rows}
     st.selectbox("Earlier sessions", list(labels), format_func=labels.__getitem__, key=f"{prefix}_pick")
-    st.button("Open", key=f"{prefix}_open", on_click=lambda: reopen(prefix, st.session_state[f"{prefix}_pick"]))
+    st.button("Open", key=f"{prefix}_open", on_click=open_picked, args=(prefix,))
+
+
+def open_picked(prefix: str) -> None:
+    reopen(prefix, st.session_state[f"{prefix}_pick"])
+
+
+def lasting(prefix: str, field: str, level: str = "error") -> None:
+    """The message in ``state(prefix)[field]``, shown until it is dismissed (or replaced, or cleared by a later
+    success of the same action)."""
+    s = state(prefix)
+    message = s.get(field)
+    if not message:
+        return
+    getattr(st, level)(message)
+    st.button("Dismiss", key=f"{prefix}_dismiss_{field}", on_click=s.update, kwargs={field: None}, type="tertiary")
 
 
 def notice(prefix: str) -> None:
-    message = state(prefix).pop("notice", None)
-    if message:
-        st.error(message)
+    for field, level in (("notice", "error"), ("control_error", "error"), ("info", "info")):
+        lasting(prefix, field, level)
 
 
 # widgets ---------------------------------------------------------------------------------------------------------
@@ -229,9 +342,10 @@ def controls_panel(prefix: str, summary: dict[str, Any], names: tuple[str, ...] 
     sync_widgets(prefix, summary)
     n = summary["n_layers"]
     shown = set(names)
+    state(prefix)["drawn"] = tuple(w for w in {*shown, "cap_pct", "cap_layers", "max"} if f"{prefix}_{w}" in st.session_state)
 
     def bind(name: str) -> dict[str, Any]:
-        return {"key": f"{prefix}_{name}", "on_change": push_control, "args": (prefix, name)}
+        return {"key": f"{prefix}_{name}", "on_change": push_controls, "args": (prefix, name)}
 
     if "cap_on" in shown:
         st.toggle("Cap on", **bind("cap_on"))
@@ -257,21 +371,42 @@ def controls_panel(prefix: str, summary: dict[str, Any], names: tuple[str, ...] 
 
 
 def refresh(prefix: str) -> Conversation:
+    """Read the session's new events; while a reply waits in the queue, also how many jobs run before it."""
     s = state(prefix)
     conv: Conversation = s["conv"]
     if s["sid"]:
         events = call(client().events, s["sid"], conv.last_seq)
         if events:
             apply_events(conv, events)
+        if conv.queued:
+            try:
+                queue = client().session(s["sid"]).get("queue") or {}
+                conv.queue = {int(turn): int(ahead) for turn, ahead in queue.items()}
+            except (WorkerUnavailable, WorkerError):
+                pass  # the position given when it was queued stays on screen
     return conv
 
 
-def render_reply(reply: Any) -> None:
-    marker = {"running": " …", "queued": " (queued)", "stopped": " (stopped)", "incomplete": " (incomplete)", "error": " (error)"}
-    st.markdown(plain(reply.text) + marker.get(reply.status, ""))
+def live_check(prefix: str) -> Conversation:
+    """What the live fragment does first: read new events, and run the whole page again when its widgets must show
+    other values (the worker's controls changed elsewhere; the sidebar is outside the fragment)."""
+    conv = refresh(prefix)
+    if follow_controls(prefix, conv):
+        st.rerun(scope="app")
+    return conv
+
+
+def render_reply(conv: Conversation, reply: Reply) -> None:
+    st.markdown(plain(reply.text) + marker(reply))
+    parts = []
     if reply.summary and reply.summary.get("mean_projection") is not None:
         near = ", ".join(n["name"] for n in reply.summary.get("nearest", [])[:3])
-        st.caption(f"projection {reply.summary['mean_projection']:.2f} · nearest: {near}")
+        parts.append(f"projection {reply.summary['mean_projection']:.2f} · nearest: {near}")
+    line = state_line(conv, reply)
+    if line:
+        parts.append(line)
+    if parts:
+        st.caption(" · ".join(parts))
 
 
 def messages_view(conv: Conversation) -> None:
@@ -287,22 +422,23 @@ def messages_view(conv: Conversation) -> None:
                 if variant in ex.replies:
                     with col, st.chat_message("assistant"):
                         st.caption(f"turn {n} · {variant}")
-                        render_reply(ex.replies[variant])
+                        render_reply(conv, ex.replies[variant])
         else:
             for reply in ex.replies.values():
                 with st.chat_message("assistant"):
-                    render_reply(reply)
+                    render_reply(conv, reply)
 
 
-def charts_view(prefix: str, conv: Conversation, summary: dict[str, Any], stacked: bool = False) -> None:
-    if not conv.exchanges:
+def charts_view(prefix: str, conv: Conversation, summary: dict[str, Any] | None, stacked: bool = False) -> None:
+    if not conv.exchanges or summary is None:
         return
     window = int(st.session_state.get(f"{prefix}_smooth", 5))
-    st.plotly_chart(live_token_figure(conv, summary, window), width="stretch", key=f"{prefix}_strip")
+    controls = state(prefix)["controls"]  # the controls in force now: the capped-layer panel's title follows them
+    st.plotly_chart(live_token_figure(conv, summary, window, controls), width="stretch", key=f"{prefix}_strip")
     a, b = (st.container(), st.container()) if stacked else st.columns(2)
     selected = a.plotly_chart(turn_chart(conv, summary), width="stretch", key=f"{prefix}_turns", on_select="rerun")
     b.plotly_chart(trajectory(conv, summary), width="stretch", key=f"{prefix}_trajectory")
-    points = (selected or {}).get("selection", {}).get("points", []) if isinstance(selected, dict) else []
+    points: list[dict[str, Any]] = selected.get("selection", {}).get("points", []) if isinstance(selected, dict) else []
     if points:
         reply = conv.reply(int(points[0].get("customdata", -1)))
         if reply is not None:

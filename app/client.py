@@ -68,8 +68,10 @@ class WorkerClient:
     def patch_controls(self, sid: str, **changes: Any) -> dict[str, Any]:
         return dict(self._call("PATCH", f"/sessions/{sid}/controls", json=changes))
 
-    def stop(self, sid: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/sessions/{sid}/stop"))
+    def stop(self, sid: str, turns: str = "all") -> dict[str, Any]:
+        """Stop the session's turns: ``all``, the ``running`` one only (queued ones still run), or the ``queued`` ones
+        only (the running one goes on); ``stopped`` lists the turns."""
+        return dict(self._call("POST", f"/sessions/{sid}/stop", params={} if turns == "all" else {"turns": turns}))
 
     def undo(self, sid: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/sessions/{sid}/undo"))

@@ -18,6 +18,13 @@ class Reply:
     control_marks: list[int] = field(default_factory=list)  # token indexes where new controls applied
     control_versions: list[int] = field(default_factory=list)  # the controls version applied at each mark
     controls_version: int | None = None  # the version in force when the reply started
+    queue_position: int | None = None  # jobs ahead of it when it was queued (the worker's ``queued`` event)
+    token_times: list[float] = field(default_factory=list)  # when each token was written (unix time; events carry it)
+
+    @property
+    def controls_in_force(self) -> int | None:
+        """The controls version its newest tokens were generated under."""
+        return self.control_versions[-1] if self.control_versions else self.controls_version
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Conversation:
     last_seq: int = 0
     errors: list[str] = field(default_factory=list)
     controls: dict[int, dict[str, Any]] = field(default_factory=dict)  # controls version -> the controls
+    queue: dict[int, int] = field(default_factory=dict)  # queued turn -> jobs ahead of it now (read from the worker)
 
     def reply(self, turn: int) -> Reply | None:
         for ex in self.exchanges:
@@ -44,6 +52,22 @@ class Conversation:
     @property
     def busy(self) -> bool:
         return any(r.status in ("queued", "running") for ex in self.exchanges for r in ex.replies.values())
+
+    @property
+    def queued(self) -> list[Reply]:
+        return [r for ex in self.exchanges for r in ex.replies.values() if r.status == "queued"]
+
+    @property
+    def running(self) -> list[Reply]:
+        return [r for ex in self.exchanges for r in ex.replies.values() if r.status == "running"]
+
+    @property
+    def newest_controls(self) -> tuple[int, dict[str, Any]] | None:
+        """The newest controls version the event log holds, and its controls (None before any is read)."""
+        if not self.controls:
+            return None
+        version = max(self.controls)
+        return version, self.controls[version]
 
     @property
     def variants(self) -> list[str]:
@@ -73,6 +97,10 @@ def apply_events(conv: Conversation, events: list[dict[str, Any]]) -> Conversati
                         ex.replies[data.get("variant", "single")] = Reply(
                             data["turn"], data.get("variant", "single"), data.get("reply_to"), data.get("status", "queued")
                         )
+        elif kind == "queued":
+            reply = conv.reply(int(data.get("turn", event.get("turn") or -1)))
+            if reply and data.get("queue_position") is not None:
+                reply.queue_position = int(data["queue_position"])
         elif kind == "turn_start":
             reply = conv.reply(event["turn"])
             if reply:
@@ -85,6 +113,8 @@ def apply_events(conv: Conversation, events: list[dict[str, Any]]) -> Conversati
                 reply.tokens.append(data)
                 reply.text += data.get("text", "")
                 reply.status = "running"
+                if event.get("time") is not None:
+                    reply.token_times.append(float(event["time"]))
         elif kind == "controls_applied":
             reply = conv.reply(data["turn"])
             if reply:

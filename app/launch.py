@@ -51,7 +51,11 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    def terminated(*_: object) -> None:
+        stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
     print(
         f"Persona Space: open http://127.0.0.1:{app_port}  (worker http://127.0.0.1:{worker_port}; Ctrl-C stops both)", flush=True
     )

@@ -14,7 +14,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.conversation import Conversation, Reply
+from app.charts import add_reference_lines, whole_ticks
+from app.conversation import Conversation, Exchange, Reply
 
 VARIANT_COLORS = {"single": "#4c78a8", "uncapped": "#e45756", "capped": "#4c78a8"}
 CAP_COLORS = {"before": "#f58518", "after": "#4c78a8", "tau": "#54a24b", "moved": "#b279a2"}
@@ -114,21 +115,60 @@ def control_changes(conv: Conversation, reply: Reply) -> list[tuple[int, str]]:
     return out
 
 
-def live_token_figure(conv: Conversation, summary: dict[str, Any] | None, window: int = 5) -> go.Figure:
-    """The latest exchange token by token: monitor layer on top, the first capped layer (before/after the cap,
-    the floor tau, the tokens moved) below, control changes labelled on both."""
+def shown_exchange(conv: Conversation) -> Exchange | None:
+    """The exchange the per-token chart draws: the newest with a token (a stopped or cancelled newer one that never
+    started would leave the chart blank), else the newest."""
+    with_tokens = [ex for ex in conv.exchanges if any(r.tokens for r in ex.replies.values())]
+    return with_tokens[-1] if with_tokens else (conv.exchanges[-1] if conv.exchanges else None)
+
+
+def cap_panel_title(cap_layer: int | None, controls: dict[str, Any] | None) -> tuple[str, str | None]:
+    """The lower panel's title, and the note drawn in it while it has nothing to show.
+
+    ``cap_layer`` is the first capped layer the shown tokens carry (None when none was capped); ``controls`` are the
+    controls in force now, so a cap switched on after the shown tokens is said to be on, never "(cap off)"."""
+    if cap_layer is not None:
+        return f"First capped layer {cap_layer}: before and after the cap", None
+    on = bool(controls and controls.get("cap_enabled"))
+    window = (controls or {}).get("cap_layers") or []
+    first = f" {int(window[0])}" if on and window else ""
+    if on:
+        return (
+            f"First capped layer{first}: before and after the cap",
+            "The cap is on: it applies from the next token written (the tokens above were written without it).",
+        )
+    return (
+        "First capped layer: the cap is off",
+        'The cap is off, so nothing is capped. Switch "Cap on" to see the capped layer\'s projection<br>'
+        "before and after the cap, and the floor τ it enforces.",
+    )
+
+
+def live_token_figure(
+    conv: Conversation, summary: dict[str, Any] | None, window: int = 5, controls: dict[str, Any] | None = None
+) -> go.Figure:
+    """The newest exchange with tokens, token by token: monitor layer on top, the first capped layer (before/after
+    the cap, the floor tau, the tokens moved) below, control changes labelled on both.
+
+    ``controls`` are the controls in force now (default: the newest the event log holds); while no shown token was
+    capped, the lower panel's title and note follow them."""
     monitor_layer = summary.get("target_layer") if summary else None
-    replies = list(conv.exchanges[-1].replies.values()) if conv.exchanges else []
+    if controls is None and conv.newest_controls is not None:
+        controls = conv.newest_controls[1]
+    shown = shown_exchange(conv)
+    replies = list(shown.replies.values()) if shown is not None else []
     capped = [(r, token_series(r)) for r in replies]
     cap_layer = next((layer for _, s in capped for layer in s["cap_layer"] if layer is not None), None)
+    cap_title, cap_note = cap_panel_title(cap_layer, controls)
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.14,
         subplot_titles=(
             f"Monitor layer {monitor_layer if monitor_layer is not None else ''}: projection per token",
-            f"First capped layer {cap_layer if cap_layer is not None else '(cap off)'}: before and after the cap",
+            cap_title,
         ),
     )  # fmt: skip
     many = len(replies) > 1
+    marks: list[tuple[int, str]] = []
     for reply, series in capped:
         pre = f"{reply.variant} · " if many else ""
         color = VARIANT_COLORS.get(reply.variant, "#4c78a8")
@@ -157,14 +197,29 @@ def live_token_figure(conv: Conversation, summary: dict[str, Any] | None, window
                                      name=pre + "moved by the cap", marker={"symbol": "triangle-up", "size": 8, "color": CAP_COLORS["moved"]},
                                      hovertemplate="token %{x}: raised to %{y:.2f}<extra></extra>"), row=2, col=1)  # fmt: skip
         for mark, label in control_changes(conv, reply):
-            fig.add_vline(x=mark - 0.5, line_dash="dash", line_color="gray", row="all", col=1)  # type: ignore[arg-type]
-            fig.add_annotation(x=mark - 0.5, y=1.0, yref="paper", xref="x", text=html.escape(label), showarrow=False,
-                               xanchor="left", yanchor="bottom", font={"size": 11, "color": "#555"})  # fmt: skip
+            marks.append((mark, label))
+    last = max((max(series["index"]) for _, series in capped if series["index"]), default=0)
+    for i, (mark, label) in enumerate(sorted(set(marks))):
+        # inside the top panel, under its title (never over it), one row each so two close changes do not collide;
+        # a change in the right half is labelled leftwards, so the label never runs into the margin's labels
+        fig.add_vline(x=mark - 0.5, line_dash="dash", line_color="gray", row="all", col=1)
+        fig.add_annotation(x=mark - 0.5, y=1.0, yref="y domain", xref="x", text=html.escape(label), showarrow=False,
+                           xanchor="right" if mark > last / 2 else "left", yanchor="top", yshift=-2 - 16 * (i % 3), font={"size": 11, "color": "#555"},
+                           bgcolor="rgba(255,255,255,0.8)")  # fmt: skip
     if summary:
-        fig.add_hline(y=summary["assistant"]["projection"], line_dash="dot", line_color="green",
-                      annotation_text="Assistant", row=1, col=1)  # type: ignore[arg-type]  # fmt: skip
-    fig.update_layout(height=460, template="plotly_white", margin={"t": 60, "b": 30}, legend={"orientation": "h", "y": -0.12},
+        add_reference_lines(fig, summary, row=1, col=1)
+    if cap_note:  # a trace of no points keeps the lower panel's axes (and the x title "token") drawn
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", showlegend=False, hoverinfo="skip", name="no capped token"),
+                      row=2, col=1)  # fmt: skip
+        fig.update_yaxes(showticklabels=False, showgrid=False, row=2, col=1)
+        fig.add_annotation(x=0.5, y=0.5, xref="x2 domain", yref="y2 domain", text=cap_note, showarrow=False,
+                           font={"size": 12, "color": "#666"})  # fmt: skip
+    # the legend sits at the very bottom of the figure, below the x-axis title (never over it)
+    fig.update_layout(height=520, template="plotly_white", margin={"t": 60, "b": 120, "r": 80},
+                      legend={"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0},
                       uirevision="live")  # fmt: skip
     fig.update_xaxes(title_text="token", row=2, col=1)
+    n = max((max(series["index"]) + 1 for _, series in capped if series["index"]), default=1)
+    fig.update_xaxes(**whole_ticks(n, start=0))  # tokens are whole: never 0, 1, 1, 2 from fractional ticks
     fig.update_yaxes(title_text="projection")
     return fig

@@ -19,6 +19,8 @@ import plotly.graph_objects as go
 LAYOUTS = {"axis": "Axis first", "pca": "PCA", "umap": "UMAP"}
 AXIS_COLOR = "#2ca02c"
 ASSISTANT = "default Assistant"
+# the axis-first 3D camera: x (the axis) left to right, seen from far enough that the x title is not cut off
+AXIS_CAMERA = {"eye": {"x": 0.2, "y": -2.3, "z": 0.8}}
 
 
 def _wrap(text: str, width: int = 60, lines: int = 4) -> str:
@@ -26,12 +28,14 @@ def _wrap(text: str, width: int = 60, lines: int = 4) -> str:
     return "<br>".join(html.escape(p) for p in parts)
 
 
-def role_hover(role: dict[str, Any]) -> str:
+def role_hover(role: dict[str, Any], assistant_projection: float | None = None) -> str:
+    """Name, category, description, projection (beside the default Assistant's own), weakness, an example answer."""
     example = (role.get("example") or {}).get("answer", "")
     weak = f"<br>weak: {role.get('in_role')} in-role answers" if role.get("weak") else ""
+    theirs = f" (default Assistant {assistant_projection:.2f})" if assistant_projection is not None else ""
     return (
         f"<b>{html.escape(role['name'])}</b> ({html.escape(role.get('category', ''))})<br>"
-        f"{_wrap(role.get('description', ''))}<br>projection {role['projection']:.2f}{weak}"
+        f"{_wrap(role.get('description', ''))}<br>projection {role['projection']:.2f}{theirs}{weak}"
         + (f"<br><i>{_wrap(example)}</i>" if example else "")
     )
 
@@ -81,6 +85,7 @@ def persona_map(
     all_roles = summary["roles"]
     roles = [r for r in all_roles if not (hide_weak and r.get("weak"))]
     lo, hi = colour_range(summary)
+    mine = float(summary["assistant"]["projection"])
     assistant = summary["assistant"].get(key)
     fig = go.Figure()
     scatter: Any = go.Scatter3d if dims == 3 else go.Scatter
@@ -92,40 +97,57 @@ def persona_map(
         if not group and i:
             continue
         pts = [r[key] for r in group]
+        colours = [r["projection"] for r in group]
+        scale = {"colorscale": "RdBu", "cmin": lo, "cmax": hi, "cmid": (lo + hi) / 2}
+        # an open marker is drawn by its outline: colour the outline by projection too (3D draws it grey otherwise)
+        outline = {"width": 1.5, "color": colours, **scale} if symbol != "circle" else {"width": 0}
         marker = {
-            "size": (7 if dims == 2 else 4) + (2 if symbol != "circle" else 0), "symbol": symbol, "color": [r["projection"] for r in group],
-            "colorscale": "RdBu", "cmin": lo, "cmax": hi, "cmid": (lo + hi) / 2, "showscale": i == 0,
-            "colorbar": {"title": "projection"}, "line": {"width": 1.5 if symbol != "circle" else 0},
+            "size": (7 if dims == 2 else 4) + (2 if symbol != "circle" else 0), "symbol": symbol, "color": colours,
+            **scale, "showscale": i == 0, "colorbar": {"title": "projection"}, "line": outline,
         }  # fmt: skip
         coords = {"x": [p[0] for p in pts], "y": [p[1] for p in pts]}
         if dims == 3:
             coords["z"] = [p[2] for p in pts]
         names = [r["name"] for r in group]
-        fig.add_trace(scatter(**coords, mode="markers", marker=marker, text=names, hovertext=[role_hover(r) for r in group],
+        fig.add_trace(scatter(**coords, mode="markers", marker=marker, text=names, hovertext=[role_hover(r, mine) for r in group],
                               hoverinfo="text", name=label, customdata=names))  # fmt: skip
+    arrow = _arrow(summary, layout, dims, [r[key] for r in all_roles])
+    star_label, axis_label = label_places(assistant, arrow[1] if arrow else None, dims)
     if assistant:
         star = {"size": 16, "symbol": "star"} if dims == 2 else {"size": 9, "symbol": "diamond"}
         coords = {"x": [assistant[0]], "y": [assistant[1]]} | ({"z": [assistant[2]]} if dims == 3 else {})
-        fig.add_trace(scatter(**coords, mode="markers+text", text=["Assistant"], name=ASSISTANT, hoverinfo="text",
-                              hovertext=[assistant_hover(summary)], marker={**star, "color": "gold", "line": {"width": 1, "color": "black"}},
-                              **({"textposition": "top center"} if dims == 2 else {})))  # fmt: skip
-    arrow = _arrow(summary, layout, dims, [r[key] for r in all_roles])
+        text = (
+            {"mode": "markers+text", "text": ["Assistant"], "textfont": {"size": 13}, **star_label}
+            if dims == 2
+            else {"mode": "markers"}
+        )
+        fig.add_trace(scatter(**coords, name=ASSISTANT, hoverinfo="text", hovertext=[assistant_hover(summary)],
+                              marker={**star, "color": "gold", "line": {"width": 1, "color": "black"}}, **text))  # fmt: skip
     if arrow is not None:
         tail, head = arrow
         if dims == 2:
             fig.add_annotation(x=head[0], y=head[1], ax=tail[0], ay=tail[1], xref="x", yref="y", axref="x", ayref="y", text="",
                                showarrow=True, arrowhead=3, arrowwidth=2, arrowcolor=AXIS_COLOR)  # fmt: skip
             fig.add_annotation(
-                x=head[0], y=head[1], text="Assistant Axis", showarrow=False, yshift=14, font={"color": AXIS_COLOR}
+                x=head[0], y=head[1], text="Assistant Axis", showarrow=False, font={"color": AXIS_COLOR}, **axis_label
             )
         else:
-            fig.add_trace(go.Scatter3d(x=[tail[0], head[0]], y=[tail[1], head[1]], z=[tail[2], head[2]], mode="lines+text",
-                                       text=["", "Assistant Axis"], line={"color": AXIS_COLOR, "width": 6}, name="Assistant Axis",
-                                       hoverinfo="skip", textfont={"color": AXIS_COLOR}))  # fmt: skip
+            fig.add_trace(go.Scatter3d(x=[tail[0], head[0]], y=[tail[1], head[1]], z=[tail[2], head[2]], mode="lines",
+                                       line={"color": AXIS_COLOR, "width": 6}, name="Assistant Axis", hoverinfo="skip"))  # fmt: skip
             d = [h - t for h, t in zip(head, tail, strict=True)]
             fig.add_trace(go.Cone(x=[head[0]], y=[head[1]], z=[head[2]], u=[d[0]], v=[d[1]], w=[d[2]], sizemode="absolute",
                                   sizeref=max(abs(c) for c in d) * 0.08 or 1.0, anchor="tip", showscale=False, hoverinfo="skip",
                                   colorscale=[[0, AXIS_COLOR], [1, AXIS_COLOR]], name="Assistant Axis"))  # fmt: skip
+    if dims == 3:  # scene annotations: drawn as page text, placed apart on screen (the camera keeps x left to right)
+        notes = []
+        if assistant:
+            notes.append({"x": assistant[0], "y": assistant[1], "z": assistant[2], "text": "Assistant", "showarrow": False,
+                          "font": {"size": 13}, "bgcolor": "rgba(255,255,255,0.75)", **star_label})  # fmt: skip
+        if arrow is not None:
+            head = arrow[1]
+            notes.append({"x": head[0], "y": head[1], "z": head[2], "text": "Assistant Axis", "showarrow": False,
+                          "font": {"color": AXIS_COLOR}, "bgcolor": "rgba(255,255,255,0.75)", **axis_label})  # fmt: skip
+        fig.update_layout(scene={"annotations": notes})
     if highlight:
         chosen = [r for r in all_roles if r["name"] in set(highlight)]
         hp = [r[key] for r in chosen]
@@ -137,16 +159,36 @@ def persona_map(
         )
         fig.add_trace(scatter(**coords, mode="markers+text", text=[r["name"] for r in chosen], marker=ring, name="highlighted", hoverinfo="skip",
                               **({"textposition": "top center"} if dims == 2 else {})))  # fmt: skip
-    names = axis_labels(layout)
+    titles = axis_labels(layout)
     where = f"layer {summary['layer']}" if layout != "umap" else f"layer {summary['target_layer']}"
     fig.update_layout(title=f"{len(roles)} archetypes — {LAYOUTS[layout]} at {where}", height=620, template="plotly_white",
-                      margin={"l": 10, "r": 10, "t": 50, "b": 10}, legend={"orientation": "h"})  # fmt: skip
+                      margin={"l": 10, "r": 10, "t": 50, "b": 50} if dims == 3 else {"l": 60, "r": 10, "t": 50, "b": 100},
+                      legend={"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom"})  # fmt: skip
     if dims == 3:
-        fig.update_layout(scene={"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": names[2]}, uirevision="keep")
+        scene: dict[str, Any] = {"xaxis_title": titles[0], "yaxis_title": titles[1], "zaxis_title": titles[2]}
+        if layout == "axis":  # x (the axis) runs left to right, far enough back that its title stays in the view
+            scene["camera"] = AXIS_CAMERA
+        fig.update_layout(scene=scene, uirevision="keep")
     else:
-        fig.update_xaxes(title=names[0])
-        fig.update_yaxes(title=names[1])
+        fig.update_xaxes(title=titles[0])
+        fig.update_yaxes(title=titles[1])
     return fig
+
+
+def label_places(assistant: list[float] | None, head: list[float] | None, dims: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Where the "Assistant" label (at the star) and the "Assistant Axis" label (at the arrow head) go, so they
+    never cover each other.
+
+    2D: on opposite sides vertically: the star's label centred on the star's far side from the head, the axis label
+    on the other side of the head, ending at it (so it runs along the arrow). 3D: the star's label to its left, the
+    axis label to the right of the head (the axis-first camera runs x left to right, and the head is the highest x).
+    """
+    if dims == 3:
+        return {"xanchor": "right", "xshift": -10}, {"xanchor": "left", "xshift": 10}
+    above = assistant is None or head is None or assistant[1] >= head[1]
+    star = {"textposition": "top center" if above else "bottom center"}
+    axis = {"xanchor": "right", "yanchor": "top" if above else "bottom", "yshift": -6 if above else 6}
+    return star, axis
 
 
 def caption(summary: dict[str, Any], layout: str, dims: int, hide_weak: bool) -> str:

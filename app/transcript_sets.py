@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from app.charts import ASSISTANT_LABEL
+from app.charts import BOTTOM_LEGEND, add_reference_lines, whole_ticks
 
 
 class UploadError(ValueError):
@@ -105,38 +105,53 @@ def overlay_chart(results: Sequence[tuple[str, dict[str, Any]]], summary: dict[s
             )
         )
     if summary:
-        fig.add_hline(y=summary["assistant"]["projection"], line_dash="dot", line_color="green", annotation_text=ASSISTANT_LABEL)
+        add_reference_lines(fig, summary)
     longest = max((len(r["turns"]) for _, r in results), default=0)
-    if longest <= 30:
-        fig.update_xaxes(tick0=1, dtick=1)  # whole turns only
+    fig.update_xaxes(**whole_ticks(max(1, longest)))
     layer = results[0][1]["layer"] if results else "?"
     fig.update_layout(
-        height=360, title=f"Drift per assistant turn (layer {layer})", xaxis_title="assistant turn", yaxis_title="projection",
-        template="plotly_white", clickmode="event+select", legend={"orientation": "h", "y": -0.25},
+        height=380, title=f"Drift per assistant turn (layer {layer})", xaxis_title="assistant turn", yaxis_title="projection",
+        template="plotly_white", clickmode="event+select", margin={"t": 50, "b": 90, "r": 80}, legend=BOTTOM_LEGEND,
     )  # fmt: skip
     return fig
 
 
-def token_strip(turn: dict[str, Any], centre: float | None = None) -> go.Figure:
+def strip_scale(result: dict[str, Any]) -> tuple[float, float, float] | None:
+    """``(low, middle, high)`` of one colour scale for every turn of a transcript: the lowest and highest per-token
+    projection over all its turns, centred on their mean (None when no turn has tokens). One scale, so a colour
+    means the same projection whichever turn is shown."""
+    values = [v for t in result.get("turns", []) for v in (t.get("token_projections") or []) if v is not None]
+    if not values:
+        return None
+    return min(values), sum(values) / len(values), max(values)
+
+
+def token_strip(turn: dict[str, Any], centre: float | None = None, scale: tuple[float, float, float] | None = None) -> go.Figure:
     """A one-row heat strip of a turn's per-token projections (hover: the token's text and value).
 
-    The colour scale is diverging around ``centre`` (e.g. the turn's mean, or the Assistant's projection)."""
+    The colour scale is diverging: with ``scale`` = ``(low, middle, high)`` (:func:`strip_scale`, the same for every
+    turn of a transcript) it is fixed; otherwise it spans this turn's values around ``centre`` (default their mean)."""
     values = turn.get("token_projections") or []
     texts = turn.get("token_texts") or [""] * len(values)
-    mid = centre if centre is not None else (sum(values) / len(values) if values else 0.0)
+    if scale is not None:
+        lo, mid, hi = scale
+        colour: dict[str, Any] = {"zmin": lo, "zmid": mid, "zmax": hi}
+    else:
+        colour = {"zmid": centre if centre is not None else (sum(values) / len(values) if values else 0.0)}
     fig = go.Figure(
         go.Heatmap(
             z=[values],
             x=list(range(1, len(values) + 1)),
             customdata=[[t.replace("\n", "⏎") for t in texts]],
             colorscale="RdBu",
-            zmid=mid,
             hovertemplate="token %{x}: %{customdata}<br>%{z:.3f}<extra></extra>",
-            colorbar={"thickness": 10, "len": 1.0},
+            colorbar={"thickness": 10, "len": 1.0, "title": "projection"},
+            **colour,
         )
     )
     fig.update_layout(
-        height=130, margin={"t": 28, "b": 24, "l": 10, "r": 10}, template="plotly_white",
-        title=f"Per-token projection, assistant turn {turn['index'] + 1}", yaxis={"visible": False}, xaxis_title=None,
+        height=170, margin={"t": 28, "b": 44, "l": 10, "r": 10}, template="plotly_white",
+        title=f"Per-token projection, assistant turn {turn['index'] + 1}", yaxis={"visible": False}, xaxis_title="token",
     )  # fmt: skip
+    fig.update_xaxes(**whole_ticks(len(values)))
     return fig

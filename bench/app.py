@@ -1,7 +1,7 @@
 """App speed in a real browser: cold start (servers started -> persona-space chart drawn with every archetype)
 and a layer switch (slider moved -> chart redrawn for the new layer). The last line is JSON.
 
-    python bench/app.py            # the model must already be converted in the cache (make run once)
+    python bench/app.py            # on a scratch cache: the embedded model is converted once into the tests' store
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.view.space import read_space
 from tests.helpers.browser import Servers, launch_browser
+from tests.helpers.scratch import use_scratch_cache
 
 SHIPPED = Path(__file__).resolve().parents[1] / "cached_activations" / "smollm2-135m"
 
@@ -71,4 +72,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

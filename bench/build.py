@@ -30,6 +30,7 @@ from backend.catalogue import load_catalogue
 from backend.kernels import small_batch
 from backend.models.chat import encode_prompt
 from backend.models.loading import load_model
+from tests.helpers.scratch import use_scratch_cache
 
 
 def main() -> None:
@@ -174,4 +175,5 @@ def served_bench(loaded, units, settings, urls: str, rounds: int, timed) -> None
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

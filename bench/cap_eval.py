@@ -29,6 +29,7 @@ from backend.evaluation.cap_items import benign_items, grid, limit_items, load_a
 from backend.judges.embedding import EmbeddingJudge
 from backend.models.loading import load_model
 from backend.store.space import load_space
+from tests.helpers.scratch import use_scratch_cache
 
 
 def main() -> None:
@@ -88,4 +89,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

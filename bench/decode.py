@@ -50,6 +50,7 @@ from backend.kernels import int8_linear, small_batch
 from backend.models.chat import encode_prompt
 from backend.models.loading import cache_dir, load_model
 from bench.hooks import RANDOM_CONFIGS, random_model
+from tests.helpers.scratch import use_scratch_cache
 
 PROMPTS = [
     "Explain how a bicycle gear works.",
@@ -272,4 +273,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

@@ -24,6 +24,7 @@ from backend.hooks.interventions import Cap, intervene
 from backend.hooks.readers import Monitor
 from backend.models.chat import encode_prompt
 from backend.models.loading import describe, load_model
+from tests.helpers.scratch import use_scratch_cache
 
 # Shapes of well-known models (public config facts), for speed runs with random weights.
 RANDOM_CONFIGS: dict[str, dict] = {
@@ -162,4 +163,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

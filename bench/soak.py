@@ -27,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.helpers.scratch import use_scratch_cache
 from tests.helpers.worker_harness import Worker, big_export
 
 HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
@@ -256,4 +257,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

@@ -27,6 +27,7 @@ from backend.models.chat import encode_conversation
 from backend.models.loading import load_model
 from backend.reading.transcripts import max_context, parse_transcript, project_transcript
 from backend.store.space import load_space
+from tests.helpers.scratch import use_scratch_cache
 
 
 def conversation(turns: int) -> list[dict[str, str]]:
@@ -128,4 +129,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

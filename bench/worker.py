@@ -29,6 +29,7 @@ from backend.store.space import load_space
 from backend.worker.db import Database
 from backend.worker.engine import Engine
 from backend.worker.schemas import Controls
+from tests.helpers.scratch import use_scratch_cache
 from tests.helpers.worker_harness import Worker
 
 PROMPTS = ["Tell me about the history of bread.", "How do volcanoes form?", "Describe your ideal weekend."]
@@ -179,4 +180,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_scratch_cache()  # never the user's cache folder: their sessions database, their converted models
     main()

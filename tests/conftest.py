@@ -5,11 +5,13 @@ import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers.chat_server import Reply, Seen, Server
+from tests.helpers.scratch import snapshot, use_scratch_cache, user_cache
 
 # Tests never reach a model hub: everything comes from packages or is built from a config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +19,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.helpers.tiny import ARCHITECTURES, tiny_model
+
+# Tests never touch the user's cache folder (their sessions database, converted models): this process and every worker
+# or launcher it starts use a scratch folder instead (tests/helpers/scratch.py). What the user's folder held when the
+# suite started is compared with what it holds at the end (tests/unit/test_isolation.py, run last).
+USER_CACHE = user_cache()
+USER_CACHE_BEFORE = snapshot(USER_CACHE)
+SCRATCH_CACHE = use_scratch_cache()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "last: run after every other collected test (checks on what the suite left)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the others keep their order
+
+
+@pytest.fixture(scope="session")
+def user_cache_before() -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The user's cache folder and its files (size, mtime) when the suite started."""
+    return USER_CACHE, USER_CACHE_BEFORE
 
 
 @pytest.fixture(scope="session", params=ARCHITECTURES)
@@ -31,7 +54,7 @@ def llama():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def smollm():  # type: ignore[no-untyped-def]
-    """The real embedded default model (converted once into the user's cache)."""
+    """The real embedded default model (converted once into the tests' shared store, tests/helpers/scratch.py)."""
     from backend.models.loading import load_model
 
     return load_model("smollm2-135m")

@@ -8,7 +8,16 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from app import rate_pairs
-from app.cap_reports import find_reports, pick_for, read_report, reports_root, settings_table, verdict_text
+from app.cap_reports import (
+    find_reports,
+    pick_for,
+    read_report,
+    report_label,
+    reports_root,
+    settings_table,
+    shipped_reports,
+    verdict_text,
+)
 from app.chat_view import PICK_KEY
 from backend.view.frontier import tradeoff_figure
 
@@ -16,11 +25,28 @@ st.title("Cap tuning")
 reports = find_reports()
 if not reports:
     st.info(
-        f"No cap evaluation under {reports_root()} yet. Run `python -m backend evaluate-cap --out reports/cap-eval` "
-        "(or set PERSONA_SPACE_CAP_REPORTS to the folder that holds one)."
+        f"No cap evaluation of your own under `{reports_root()}` yet.\n\n"
+        "**What this page shows, once there is one:** whether capping the Assistant projection keeps the model out of "
+        "the personas that 60 attack prompts push it into. For each cap setting: the paired shift of the persona "
+        "score against uncapped replies, with a 95% interval, next to the cost on ordinary questions (benign KL); "
+        "placebo caps along random directions of the same cost, as the control; the verdict those intervals give; "
+        "example replies, uncapped beside capped; blinded pairs you can rate; and a button that loads a setting "
+        "into the live chat.\n\n"
+        "**To make one** (from the project folder; the setup `make run` did is enough), the recipe of the shipped "
+        "measurement:\n\n"
+        "```\n.venv/bin/python -m backend evaluate-cap --benign-per-kind 2 --percentiles 25,50,75 --seeds 0,1 "
+        "--placebo 2 --split dev,test --out reports/cap-eval\n```\n\n"
+        "On the embedded model it took 52 minutes on the 2-core development machine (one thread, other work running); "
+        "`--seeds 0 --placebo 1` does about half the work. This page finds the report by itself (or set "
+        "PERSONA_SPACE_CAP_REPORTS to the folder that holds one)."
     )
-    st.stop()
-choice = st.selectbox("Report", reports, format_func=lambda p: str(p.parent.name), key="cap_report")
+    shipped = shipped_reports()
+    if not shipped or not st.toggle(
+        "Show the measurement shipped with Persona Space (made on the development machine)", key="cap_shipped"
+    ):
+        st.stop()
+    reports = shipped
+choice = st.selectbox("Report", reports, format_func=report_label, key="cap_report")
 report = read_report(choice)
 rec = report["recommendation"]
 seeds = report.get("seeds") or [report.get("seed", 0)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.chat_input import first_use_hint, input_box, stop_reply, turn_actions
 from app.chat_view import (
     apply_pick,
     cap_defaults,
@@ -12,10 +13,10 @@ from app.chat_view import (
     export_button,
     follow_url,
     import_file,
+    live_check,
     messages_view,
     new_session,
     notice,
-    refresh,
     session_picker,
     smoothing_control,
     state,
@@ -55,8 +56,11 @@ with st.sidebar:
     controls_panel(PREFIX, summary)
     smoothing_control(PREFIX)
     a, b = st.columns(2)
-    if a.button("Stop", key="chat_stop") and s["sid"]:
-        call(client().stop, s["sid"])
+    a.button(
+        "Stop the reply", key="chat_stop", on_click=stop_reply, args=(PREFIX,),
+        help="Stops the reply being written; it keeps what it wrote. Messages queued behind it still run: "
+        "Cancel queued (under the conversation) drops those.",
+    )  # fmt: skip
     if b.button("Undo", key="chat_undo") and s["sid"]:
         if call(client().undo, s["sid"]) is not None:
             s["conv"] = type(s["conv"])()
@@ -69,13 +73,13 @@ st.caption(f"Session {s['sid']} · its link reopens it")
 
 @st.fragment(run_every=0.5)
 def live() -> None:
-    conv = refresh(PREFIX)
+    conv = live_check(PREFIX)
+    if not conv.exchanges:
+        first_use_hint(PREFIX)
     messages_view(conv)
+    turn_actions(PREFIX, conv)
     charts_view(PREFIX, conv, summary)
 
 
 live()
-prompt = st.chat_input("Say something to the model", key="chat_input")
-if prompt and s["sid"]:
-    call(client().post_message, s["sid"], prompt, bool(st.session_state.get("chat_compare")))
-    st.rerun()
+input_box(PREFIX, "Say something to the model")

@@ -20,6 +20,11 @@ dims = int(mid.radio("Dimensions", ["2D", "3D"], horizontal=True, key="space_dim
 layer = base["target_layer"]
 if layout != "umap":
     layer = right.slider("Layer", 0, base["n_layers"] - 1, base["target_layer"], key="space_layer")
+else:  # the slider would otherwise vanish without a word
+    right.caption(
+        f"UMAP is fitted once, at the target layer {base['target_layer']}, when the space is built: it has no layer "
+        "to choose. Axis first and PCA show any layer."
+    )
 summary = load_space(layer) if layer != base["target_layer"] else base
 if summary is None:
     st.stop()

@@ -10,7 +10,16 @@ import io
 import streamlit as st
 
 from app.charts import standalone_html
-from app.transcript_sets import UploadError, assistant_texts, overlay_chart, split_upload, summary_rows, token_strip, turn_rows
+from app.transcript_sets import (
+    UploadError,
+    assistant_texts,
+    overlay_chart,
+    split_upload,
+    strip_scale,
+    summary_rows,
+    token_strip,
+    turn_rows,
+)
 from app.ui import call, client, load_space, plain, worker_status
 
 st.title("Transcripts")
@@ -90,7 +99,9 @@ st.caption(" · ".join(facts))
 if pick - 1 < len(turn_texts):
     st.markdown(plain(turn_texts[pick - 1]))
 if turn.get("token_projections"):
-    st.plotly_chart(token_strip(turn, centre=turn.get("projection")), width="stretch", key="transcript_strip")
+    strip = token_strip(turn, scale=strip_scale(result))  # one colour scale for every turn of this transcript
+    st.plotly_chart(strip, width="stretch", key="transcript_strip")
+    st.caption("Colours use one scale for every turn of this conversation (its lowest to its highest token).")
 
 buffer = io.StringIO()
 rows = turn_rows(results)

@@ -19,6 +19,7 @@ from backend.cli.evaluation import cmd_evaluate_cap
 from backend.cli.model import cmd_chat, cmd_model_info
 from backend.cli.serve import cmd_serve
 from backend.cli.spaces import cmd_build, cmd_import_paper_vectors, cmd_info, cmd_rebuild
+from backend.cli.traits import add_build_traits
 from backend.errors import PersonaSpaceError
 
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default=None, choices=["embedding", "none", "openai"], help="default: the build's")
     add_space_args(p, None)
     p.set_defaults(func=cmd_rebuild)
+
+    add_build_traits(sub)
 
     p = sub.add_parser("import-paper-vectors", help="import the paper's released vectors (.pt, read with weights_only=True)")
     p.add_argument(

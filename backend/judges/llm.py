@@ -106,6 +106,16 @@ class OpenAIJudge:
     """
 
     name = "openai"
+    scale = "0-3"  # what a score is, for the refusal below; a subclass judging on another scale sets its own
+    asked = "in role"
+    nudge = NUDGE
+
+    def parse(self, reply: str) -> int | None:
+        """The score in the judge model's reply, or None when it gave none."""
+        return parse_score(reply)
+
+    def verdict(self, score: int) -> str:
+        return LABELS[score]
 
     def __init__(
         self,
@@ -225,12 +235,12 @@ class OpenAIJudge:
         tries = self.max_retries + 1
         for _ in range(tries):
             reply = self.complete(messages, endpoint or self.pool.endpoints[0], role)
-            score = parse_score(reply)
+            score = self.parse(reply)
             if score is not None:
-                return Judged(score, f"{self.name} {self.model}: {LABELS[score]}")
-            messages = [*base, {"role": "assistant", "content": reply}, {"role": "user", "content": NUDGE}]
+                return Judged(score, f"{self.name} {self.model}: {self.verdict(score)}")
+            messages = [*base, {"role": "assistant", "content": reply}, {"role": "user", "content": self.nudge}]
         raise JudgeError(
-            f"the judge model {self.model} gave no score 0-3 for an answer in role {role!r} after {tries} "
+            f"the judge model {self.model} gave no score {self.scale} for an answer {self.asked} {role!r} after {tries} "
             f"tries; its last reply was {clip(reply)!r}. Choose a model that follows instructions "
             "(PERSONA_SPACE_JUDGE_MODEL) or check what the endpoint returns"
         )

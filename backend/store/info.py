@@ -17,6 +17,8 @@ def default_pc1_percentile(role_pc1: torch.Tensor, default_pc1: torch.Tensor) ->
 
 
 def space_info(space: Space) -> dict[str, Any]:
+    from backend.store.trait_info import trait_info
+
     m, t = space.manifest, space.tensors
     target = space.target_layer
     kept = space.roles
@@ -48,6 +50,7 @@ def space_info(space: Space) -> dict[str, Any]:
         "settings": m.get("settings", {}),
         "created": m.get("created"),
         "build_seconds": m.get("build_seconds"),
+        **({"traits": traits} if (traits := trait_info(space)) is not None else {}),
     }
 
 
@@ -69,6 +72,10 @@ def format_info(info: dict[str, Any], ends: int = 10) -> str:
     lines.append(f"default Assistant projection at the target layer: {info['default_projection']:.3f}")
     lines.append("most Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[:ends]))
     lines.append("least Assistant-like: " + ", ".join(f"{n} ({p:.2f})" for n, p in ranked[-ends:][::-1]))
+    if info.get("traits"):
+        from backend.store.trait_info import format_trait_ends
+
+        lines.extend(format_trait_ends(info["traits"], ends))
     return "\n".join(lines)
 
 

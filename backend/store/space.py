@@ -29,6 +29,9 @@ activation_norm           (L,)                  mean norm of pool answers: the s
 umap_2d / umap_3d         (R, 2) / (R, 3)       UMAP of role vectors at the target layer (cosine)
 umap_default_2d / _3d     (2,) / (3,)           the default vector placed through UMAP's transform
 ========================  ====================  ===========================================================
+
+Optional: ``trait_vectors`` ``(T, L, d)`` with the manifest's ``trait_set`` (``build-traits``; see
+:mod:`backend.store.traits`); checked on load when present, and a space without them is a whole space.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from typing import Any
 import torch
 
 from backend.errors import SpaceError, SpaceMismatchError
+from backend.store.trait_check import check_trait_shapes
 from backend.view.manifest import check_manifest, check_shapes, check_text
 
 FORMAT_VERSION = 1
@@ -235,7 +239,8 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     missing = [k for k in REQUIRED_TENSORS if k not in tensors]
     if missing:
         raise SpaceError(f"{tensor_file} lacks tensors {missing}")
-    problem = check_shapes(manifest, {name: tuple(t.shape) for name, t in tensors.items()})
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    problem = check_shapes(manifest, shapes) or check_trait_shapes(manifest, shapes)
     if problem is not None:
         raise SpaceError(f"{tensor_file} does not fit its manifest: {problem}")
     problem = check_finite(tensors)

@@ -148,7 +148,8 @@ def tradeoff_figure(report: dict[str, Any]) -> Any:
         title=title, xaxis_title="mean next-token KL vs uncapped on benign text (nats/token)",
         yaxis_title="paired persona shift (lower: less persona)" if shifts else "attack replies adopting the persona",
         yaxis_tickformat="+.2f" if shifts else ".0%", template="plotly_white", height=480,
-        legend={"orientation": "h", "y": -0.25},
+        # the legend at the figure's bottom edge, below the x-axis title (never over it)
+        legend={"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom"}, margin={"b": 110},
     )  # fmt: skip
     if shifts:
         fig.add_hline(y=0, line={"color": "#999", "width": 1})

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 
 from backend.view.space import read_space
-from tests.helpers.browser import NetworkLog, Servers, launch_browser, screenshot, trace
+from tests.helpers.browser import (
+    BOX,
+    NetworkLog,
+    Servers,
+    cap_toggle,
+    open_chat,
+    reply_text,
+    say,
+    screenshot,
+    session_of,
+    slider,
+    slider_value,
+    trace,
+    wait_until,
+    worker_events,
+)  # fmt: skip
 from tests.helpers.worker_harness import ROOT
 
 SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
@@ -22,50 +36,10 @@ SHIPPED = ROOT / "cached_activations" / "smollm2-135m"
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="module")
-def servers():  # type: ignore[no-untyped-def]
-    s = Servers()
-    try:
-        s.wait_app()
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = launch_browser(p)
-        yield context
-        context.close()
-
-
-def reply_text(page) -> str:  # type: ignore[no-untyped-def]
-    return str(page.locator("[data-testid='stChatMessage']").last.inner_text())
-
-
-def wait_until(fn, timeout: float = 120, step: float = 0.25):  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError("condition not met")
-
-
 def open_chat_and_send(servers: Servers, browser, text: str):  # type: ignore[no-untyped-def]
     """A new page on the live chat, once the worker is ready, with ``text`` sent as the first message."""
-    servers.wait_worker()
-    page = browser.new_page()
-    page.goto(f"{servers.url}/chat")
-    box = page.get_by_placeholder("Say something to the model")
-    box.wait_for(timeout=60_000)
-    time.sleep(1)  # let the page's first run finish before typing
-    box.fill(text)
-    box.press("Enter")
+    page = open_chat(servers, browser)
+    say(page, text)
     return page
 
 
@@ -89,10 +63,10 @@ def test_chat_streams_and_the_cap_slider_moves_mid_reply(servers, browser) -> No
     wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 20, timeout=90)
     page.locator("text=projection per token").first.wait_for(timeout=30_000)
     # drag the cap threshold while the reply is streaming
-    page.locator("input[type=range][aria-label^='Cap threshold']").focus()
+    slider(page, "Cap threshold").focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
-    page.get_by_text("Cap on").click()
+    page.get_by_test_id("stSidebarUserContent").get_by_text("Cap on", exact=True).click()
     streamed = reply_text(page)
     wait_until(
         lambda: (
@@ -111,11 +85,10 @@ def test_compare_mode_shows_two_replies(servers, browser) -> None:  # type: igno
     servers.wait_worker()
     page = browser.new_page()
     page.goto(f"{servers.url}/chat")
-    page.get_by_placeholder("Say something to the model").wait_for(timeout=60_000)
+    page.get_by_placeholder(BOX).wait_for(timeout=60_000)
     page.get_by_text("Compare capped vs uncapped").click()
     time.sleep(1)
-    page.get_by_placeholder("Say something to the model").fill("Who are you, really?")
-    page.get_by_placeholder("Say something to the model").press("Enter")
+    say(page, "Who are you, really?")
     wait_until(
         lambda: page.locator("text=turn 1 · uncapped").count() == 1 and page.locator("text=turn 1 · capped").count() == 1,
         timeout=120,
@@ -156,28 +129,11 @@ def test_demo_page_renders(servers, browser) -> None:  # type: ignore[no-untyped
     page.close()
 
 
-def worker_events(servers: Servers, sid: str) -> list[dict]:  # type: ignore[type-arg]
-    with urllib.request.urlopen(f"{servers.worker_url}/sessions/{sid}/events") as response:
-        return list(json.loads(response.read())["events"])
-
-
-def session_of(page) -> str:  # type: ignore[no-untyped-def]
-    return str(page.url.split("session=")[1].split("&")[0])
-
-
-def slider_value(page, label: str) -> float:  # type: ignore[no-untyped-def]
-    return float(page.locator(f"input[type=range][aria-label^='{label}']").input_value())
-
-
-def cap_toggle(page):  # type: ignore[no-untyped-def]
-    return page.locator("label:has-text('Cap on') input")
-
-
 def test_a_cap_change_mid_reply_shows_on_the_capped_layer_line_from_the_next_token(servers, browser) -> None:  # type: ignore[no-untyped-def]
     page = open_chat_and_send(servers, browser, "Write a long poem about the sea and the wind.")
     wait_until(lambda: "…" in reply_text(page) and len(reply_text(page)) > 30, timeout=90)
     assert trace(page, "after cap") is None  # the cap is off: nothing at the capped layer yet
-    page.get_by_text("Cap on").click()
+    page.get_by_test_id("stSidebarUserContent").get_by_text("Cap on", exact=True).click()
     tau = wait_until(lambda: trace(page, "floor τ"), timeout=60)
     sid = session_of(page)
     applied = wait_until(lambda: [e for e in worker_events(servers, sid) if e["type"] == "controls_applied"], timeout=60)
@@ -205,18 +161,11 @@ def test_a_refresh_keeps_the_conversation(servers, browser) -> None:  # type: ig
 
 
 def test_export_then_import_restores_the_conversation_and_the_controls(servers, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    servers.wait_worker()
-    page = browser.new_page()
-    page.goto(f"{servers.url}/chat")
-    box = page.get_by_placeholder("Say something to the model")
-    box.wait_for(timeout=60_000)
-    time.sleep(1)
-    page.locator("input[type=range][aria-label^='Cap threshold']").focus()
-    # One step at a time: this test is about export and import. A fast burst of steps can leave the worker one step
-    # behind the slider (issue #23, which owns that race and its own test).
-    for _ in range(7):
+    page = open_chat(servers, browser)
+    box = page.get_by_placeholder(BOX)
+    slider(page, "Cap threshold").focus()
+    for _ in range(7):  # a fast burst: the last step is the one the worker keeps (test_lost_actions.py)
         page.keyboard.press("ArrowLeft")
-        time.sleep(1)
     cap_toggle(page).click(force=True)
     wait_until(lambda: cap_toggle(page).is_checked() and slider_value(page, "Cap threshold") == 68.0, timeout=30)
     time.sleep(1)

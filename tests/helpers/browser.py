@@ -3,6 +3,7 @@ servers started on free ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,8 +11,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.helpers.worker_harness import ROOT, free_port
 
@@ -20,6 +22,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync", "--no-first-run", "--disable-quic",
 ]  # fmt: skip
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
+BOX = "Say something to the model"  # the live chat's message box (its placeholder)
+T = TypeVar("T")
 
 
 def chromium_path() -> str:
@@ -127,3 +131,63 @@ class NetworkLog:
         from urllib.parse import urlsplit
 
         return {urlsplit(u).netloc for u in self.urls if urlsplit(u).scheme not in ("data", "blob", "about")}
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 120, step: float = 0.25) -> T:
+    """``fn()`` once it is truthy; TimeoutError after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError("condition not met")
+
+
+def open_chat(servers: Servers, browser: Any, path: str = "/chat") -> Any:
+    """A new page on the live chat once the worker is ready, its first run done (the message box is live)."""
+    servers.wait_worker()
+    page = browser.new_page()
+    page.goto(f"{servers.url}{path}")
+    page.get_by_placeholder(BOX).wait_for(timeout=60_000)
+    time.sleep(1)  # let the page's first run finish before typing
+    return page
+
+
+def say(page: Any, text: str) -> None:
+    box = page.get_by_placeholder(BOX)
+    box.fill(text)
+    box.press("Enter")
+
+
+def reply_text(page: Any) -> str:
+    return str(page.locator("[data-testid='stChatMessage']").last.inner_text())
+
+
+def session_of(page: Any) -> str:
+    return str(page.url.split("session=")[1].split("&")[0])
+
+
+def slider(page: Any, label: str) -> Any:
+    return page.locator(f"input[type=range][aria-label^='{label}']")
+
+
+def slider_value(page: Any, label: str) -> float:
+    return float(slider(page, label).input_value())
+
+
+def cap_toggle(page: Any) -> Any:
+    return page.locator("label:has-text('Cap on') input")
+
+
+def worker_get(servers: Servers, path: str) -> Any:
+    with urllib.request.urlopen(f"{servers.worker_url}{path}") as response:
+        return json.loads(response.read())
+
+
+def worker_events(servers: Servers, sid: str) -> list[dict[str, Any]]:
+    return list(worker_get(servers, f"/sessions/{sid}/events")["events"])
+
+
+def worker_controls(servers: Servers, sid: str) -> dict[str, Any]:
+    return dict(worker_get(servers, f"/sessions/{sid}/controls")["controls"])

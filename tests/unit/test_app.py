@@ -144,14 +144,14 @@ def test_demo_replays_a_scenario_capped_and_uncapped(tiny_space) -> None:  # typ
     scenario = json.loads((ROOT / "assets" / "scenarios" / "coding.json").read_text())
     assert [p[1][1] for p in posts] == scenario["turns"][: len(posts)] and len(posts) >= 2
     assert at.info[0].value == scenario["presenter_note"]  # the presenter note is shown
-    assert at.button(key="demo_play").label == "Pause"
+    assert at.button(key="demo_play").label == "Pause after this reply"
     at.button(key="demo_play").click().run()  # pause
     assert at.button(key="demo_play").label == "Resume"  # the button says what it will do next
     n = len([c for c in fake.calls if c[0] == "post_message"])
     at.run()
     assert len([c for c in fake.calls if c[0] == "post_message"]) == n
     at.button(key="demo_play").click().run()
-    assert at.button(key="demo_play").label == "Pause"
+    assert at.button(key="demo_play").label == "Pause after this reply"
     assert not [s for s in at.slider if s.key == "demo_rep"]  # the worker does not know the control
 
 

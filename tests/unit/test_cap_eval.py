@@ -293,3 +293,19 @@ def test_the_openai_judge_decides_adoption(tiny_chat, server: Server, tmp_path, 
     asked = [json.dumps(s.body).lower() for s in server.seen]
     assert server.seen and all(s.path == "/v1/chat/completions" for s in server.seen)
     assert any("pirate" in a for a in asked) and any("ghost" in a for a in asked)
+
+
+@pytest.mark.usefixtures("tiny_space")
+def test_cap_tuning_without_a_report_says_what_it_will_show_and_offers_the_shipped_measurement(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PERSONA_SPACE_CAP_REPORTS", str(tmp_path))
+    at = page("cap_tuning").run()
+    assert not at.exception
+    info = at.info[0].value
+    assert "What this page shows" in info and "placebo" in info and "benign KL" in info
+    assert ".venv/bin/python -m backend evaluate-cap " in info and "52 minutes" in info  # the exact command, its time
+    assert not at.selectbox  # nothing is shown as if it were the user's own report
+    at.toggle(key="cap_shipped").set_value(True).run()
+    assert not at.exception
+    assert at.selectbox(key="cap_report").value.name == "cap-eval-smollm2-135m.json"
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Verdict**" in text

@@ -1,13 +1,15 @@
 """Sessions and their turns: create, list, read and delete a session; post a message (a turn, or a capped and an
-uncapped one to compare), stop the session's turns, undo its last exchange."""
+uncapped one to compare), stop the session's running turn or cancel its queued ones, undo its last exchange."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Query
 
-from backend.worker.schemas import MessageAccepted, NewMessage, NewSession
+from backend.worker.engine import Engine
+from backend.worker.jobs import Job
+from backend.worker.schemas import MessageAccepted, NewMessage, NewSession, Problem
 from backend.worker.state import SessionId, State
 
 router = APIRouter()
@@ -32,6 +34,7 @@ def get_session(state: State, sid: SessionId) -> dict[str, Any]:
     session = state.session_or_404(sid)
     session["turns"] = state.db.turns(sid)
     session["busy"] = state.engine.busy(sid) if state.engine else False
+    session["queue"] = queue_positions(state.engine, sid) if state.engine else {}
     return session
 
 
@@ -44,19 +47,32 @@ def delete_session(state: State, sid: SessionId) -> dict[str, Any]:
     return {"deleted": sid}
 
 
-@router.post("/sessions/{sid}/messages", status_code=202)
+@router.post("/sessions/{sid}/messages", status_code=202, responses={400: {"model": Problem, "description": "a blank message"}})
 def post_message(state: State, sid: SessionId, body: NewMessage) -> MessageAccepted:
     engine = state.need_engine()
     state.session_or_404(sid)
+    if not body.content.strip():  # an empty user turn the model would answer anyway
+        raise HTTPException(status_code=400, detail="the message is blank (only spaces or line breaks): nothing was sent")
     user_turn, turns, variants, position = engine.submit(sid, body.content, body.compare)
     return MessageAccepted(user_turn=user_turn, assistant_turns=turns, variants=variants, queue_position=position)
 
 
 @router.post("/sessions/{sid}/stop")
-def stop(state: State, sid: SessionId) -> dict[str, Any]:
+def stop(
+    state: State,
+    sid: SessionId,
+    turns: Annotated[
+        Literal["all", "running", "queued"],
+        Query(
+            description="what to stop: the running turn and the queued ones (all), only the running one, or only the queued ones"
+        ),
+    ] = "all",
+) -> dict[str, Any]:
     engine = state.need_engine()
     state.session_or_404(sid)
-    return {"stopped": engine.stop(sid)}
+    if turns == "all":
+        return {"stopped": engine.stop(sid)}
+    return {"stopped": stop_running(engine, sid) if turns == "running" else cancel_queued(engine, sid)}
 
 
 @router.post("/sessions/{sid}/undo")
@@ -64,3 +80,41 @@ def undo(state: State, sid: SessionId) -> dict[str, Any]:
     engine = state.need_engine()
     state.session_or_404(sid)
     return {"undone": engine.undo(sid)}
+
+
+def _with_partner(job: Job) -> list[Job]:
+    return [job] + ([job.partner] if job.partner is not None else [])
+
+
+def queue_positions(engine: Engine, sid: str) -> dict[str, int]:
+    """The session's queued turns (as strings, JSON's keys) -> how many jobs run before each starts (the running
+    one included), as ``queue_position`` counts them when a message is posted."""
+    with engine.cond:
+        ahead = 1 if engine.running is not None else 0
+        return {
+            str(j.turn_id): ahead + i for i, job in enumerate(engine.jobs) if job.session_id == sid for j in _with_partner(job)
+        }
+
+
+def stop_running(engine: Engine, sid: str) -> list[int]:
+    """Stop the session's running turn (it ends ``stopped`` at its next step, with its tokens); queued ones still run."""
+    with engine.cond:
+        running = engine.running if engine.running is not None and engine.running.session_id == sid else None
+        jobs = _with_partner(running) if running is not None else []
+        for job in jobs:
+            job.stop.set()
+    for job in jobs:  # taken from the queue but not started yet: it would end without a word
+        engine.db.finish_turn(job.turn_id, "stopped", {"reason": "stopped before it started", "n_tokens": 0}, only_if="queued")
+    return [job.turn_id for job in jobs]
+
+
+def cancel_queued(engine: Engine, sid: str) -> list[int]:
+    """Drop the session's queued turns (each ends ``stopped`` before it started); the running one goes on."""
+    with engine.cond:
+        dropped = [job for job in engine.jobs if job.session_id == sid]
+        for job in dropped:
+            engine.jobs.remove(job)
+    cancelled = [j.turn_id for job in dropped for j in _with_partner(job)]
+    for tid in cancelled:
+        engine.db.finish_turn(tid, "stopped", {"reason": "cancelled before it started", "n_tokens": 0}, only_if="queued")
+    return cancelled
