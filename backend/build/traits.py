@@ -104,8 +104,10 @@ def build_traits(
     shard: tuple[int, int] = (0, 1),
     log: Callable[[str], None] = print,
     executor: ChunkExecutor | None = None,
+    compact: bool = False,
 ) -> Path | None:
-    """Add trait vectors to the space at ``space``; returns its folder, or ``None`` when only a shard was built."""
+    """Add trait vectors to the space at ``space``; returns its folder, or ``None`` when only a shard was built.
+    ``compact`` stores them as int8 with a scale per vector (:func:`backend.store.traits.add_traits`)."""
     started = time.time()
     info = executor.info if executor is not None else loaded.info if loaded is not None else None
     if info is None:
@@ -126,7 +128,7 @@ def build_traits(
     if shard[1] > 1:
         log(f"shard {shard[0]}/{shard[1]} done; run the other shards into {work_root}, then run without --shard")
         return None
-    return finish_traits(work, space, info.fingerprint, traits, settings, units, started, log)
+    return finish_traits(work, space, info.fingerprint, traits, settings, units, started, log, compact)
 
 
 def finish_traits(
@@ -138,6 +140,7 @@ def finish_traits(
     units: list[Unit],
     started: float,
     log: Callable[[str], None],
+    compact: bool = False,
 ) -> Path:
     run_settings = recorded_servers(settings.executor_settings(), work)
     units, means, records = collect(work, units, run_settings)
@@ -146,7 +149,7 @@ def finish_traits(
     trait_set, vectors = trait_record(chosen(traits, settings), settings, units, means, records, scores)
     trait_set["settings"] = dict(asdict(settings), generator_models=list(run_settings.generator_models))
     trait_set["build_seconds"] = round(time.time() - started, 1)
-    path = add_traits(space, fingerprint, trait_set, vectors)
+    path = add_traits(space, fingerprint, trait_set, vectors, compact=compact)
     c = trait_set["counts"]
     log(f"wrote {c['traits_kept']} trait vectors ({c['traits_weak']} weak, {c['traits_dropped']} dropped) into {path}")
     return path

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from backend.errors import SpaceError, SpaceMismatchError
-from backend.store.trait_check import check_trait_shapes
+from backend.store.trait_check import check_trait_shapes, expand_compact
 from backend.view.manifest import check_manifest, check_shapes, check_text
 
 FORMAT_VERSION = 1
@@ -243,7 +243,7 @@ def load_space(path: str | Path, *, fingerprint: str | None = None, model_name: 
     problem = check_shapes(manifest, shapes) or check_trait_shapes(manifest, shapes)
     if problem is not None:
         raise SpaceError(f"{tensor_file} does not fit its manifest: {problem}")
-    problem = check_finite(tensors)
+    problem = expand_compact(tensors) or check_finite(tensors)
     if problem is not None:
         raise SpaceError(f"{tensor_file} holds values that are not numbers: {problem}; rebuild the space or undo the edit")
     space = Space(path=root, manifest=manifest, tensors=tensors)

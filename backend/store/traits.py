@@ -5,6 +5,8 @@
 name                shape       meaning
 ==================  ==========  =============================================================================
 trait_vectors       (T, L, d)   per kept trait: mean(expressing answers) - mean(non-expressing opposite answers)
+trait_vectors_int8  (T, L, d)   the same, compact (``add_traits(compact=True)``): int8 steps of ...
+trait_vectors_scale (T, L)      ... a float32 scale per vector; loading turns the pair into ``trait_vectors``
 ==================  ==========  =============================================================================
 
 ``trait_set`` = ``{"traits": [entry per trait asked for], "kept_order": [names of the T rows], "settings": {...},
@@ -25,8 +27,9 @@ from typing import Any
 import torch
 
 from backend.errors import SpaceError
+from backend.maths.quantize import quantize_int8
 from backend.store.space import Space, load_space, write_space
-from backend.store.trait_check import TRAIT_FIELD, TRAIT_TENSOR
+from backend.store.trait_check import TRAIT_FIELD, TRAIT_INT8, TRAIT_SCALE, TRAIT_TENSOR
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,20 @@ def read_traits(space: Space) -> SpaceTraits | None:
     )
 
 
-def add_traits(path: Path, fingerprint: str, trait_set: dict[str, Any], vectors: torch.Tensor) -> Path:
+def add_traits(path: Path, fingerprint: str, trait_set: dict[str, Any], vectors: torch.Tensor, *, compact: bool = False) -> Path:
     """Write ``vectors`` ``(T, L, d)`` and ``trait_set`` into the space at ``path`` (built for ``fingerprint``),
-    replacing traits it already holds; the rest of the space is unchanged."""
+    replacing traits it already holds; the rest of the space is unchanged. ``compact`` stores them as int8 with a
+    float32 scale per vector (a quarter of the size; read back within half a step, :mod:`backend.maths.quantize`),
+    else float32; ``trait_set["storage"]`` says which."""
     space = load_space(path, fingerprint=fingerprint)
     expected = (len(trait_set["kept_order"]), space.manifest["n_layers"], space.manifest["hidden"])
     if tuple(vectors.shape) != expected:
         raise SpaceError(f"trait vectors of shape {tuple(vectors.shape)} do not fit the space ({expected})")
     manifest = {k: v for k, v in space.manifest.items() if k not in ("files", "format_version")}
-    manifest[TRAIT_FIELD] = trait_set
-    tensors = dict(space.tensors)
-    tensors[TRAIT_TENSOR] = vectors.float()
+    manifest[TRAIT_FIELD] = dict(trait_set, storage="int8" if compact else "float32")
+    tensors = {k: v for k, v in space.tensors.items() if k != TRAIT_TENSOR}
+    if compact:
+        tensors[TRAIT_INT8], tensors[TRAIT_SCALE] = quantize_int8(vectors)
+    else:
+        tensors[TRAIT_TENSOR] = vectors.float()
     return write_space(Path(path), manifest, tensors)
