@@ -46,6 +46,7 @@ from backend.maths.edits import steering_vector
 from backend.models.loading import LoadedModel
 from backend.reading.placement import Placement
 from backend.reading.transcripts import max_context
+from backend.reading.turn_traits import TurnTraits
 from backend.store.space import Space
 from backend.view.cap_preset import default_cap
 from backend.worker.batch import MAX_ROWS, Running
@@ -85,6 +86,7 @@ class Engine:
         self.space = space
         self.db = db
         self.placement = Placement(space)
+        self.turn_traits = TurnTraits.of(space)  # None for a space without traits: turns then carry none
         info = loaded.info
         self.n_layers = info.n_layers
         self.target = space.target_layer
@@ -124,7 +126,9 @@ class Engine:
     # setup ----------------------------------------------------------------------------------------------
 
     def _steer_vectors(self) -> torch.Tensor:
-        """Steering vectors for coefficient 1 at every layer (zero where the space has no usable norm)."""
+        """Steering vectors for coefficient 1 at every layer (zero where the space has no usable norm): ``(L, d)``
+        along the axis, or ``(1 + T, L, d)`` when the space has traits (set 0 the axis, set ``1 + i`` the kept trait
+        ``i``; :meth:`steer_set`)."""
         norms = self.space.tensors["activation_norm"]
         out = torch.zeros(self.axis.shape, dtype=torch.float32)
         for layer in range(self.axis.shape[0]):
@@ -132,7 +136,16 @@ class Engine:
                 out[layer] = steering_vector(self.axis[layer].float(), float(norms[layer]))
             except PersonaSpaceError:
                 log.warning("layer %d cannot be steered: no usable activation norm or axis there", layer)
-        return out
+        if self.turn_traits is None:
+            return out
+        return torch.cat([out[None], self.turn_traits.steering_vectors()])
+
+    def steer_set(self, controls: Controls) -> int:
+        """The steering set of ``controls``: 0 for the axis, ``1 + i`` for the space's kept trait ``i``."""
+        if controls.steer_trait is None:
+            return 0
+        assert self.turn_traits is not None  # validate_controls refused the trait otherwise
+        return 1 + self.turn_traits.names.index(controls.steer_trait)
 
     def start(self) -> None:
         self.db.recover()
@@ -178,6 +191,18 @@ class Engine:
         return Controls(cap_percentile=percentile, cap_layers=window)
 
     def validate_controls(self, controls: Controls) -> Controls:
+        trait = controls.steer_trait
+        names = self.turn_traits.names if self.turn_traits is not None else []
+        if trait is not None and trait not in names:
+            if not names:
+                raise ControlError(
+                    f"steer_trait {trait!r}: this space has no trait vectors (build them with `build-traits`); "
+                    "leave steer_trait null to steer along the Assistant Axis"
+                )
+            raise ControlError(
+                f"steer_trait {trait!r} is not one of the space's {len(names)} traits with a vector; "
+                "GET /space lists them under trait_axes (null steers along the Assistant Axis)"
+            )
         try:
             return fit_controls(controls, self.n_layers, (int(self.cap_window[0]), int(self.cap_window[1])))
         except WindowError as exc:
@@ -192,11 +217,14 @@ class Engine:
         if session is None:
             raise KeyError(sid)
         current = Controls(**session["controls"])
-        update = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if k != "clear_cap_threshold" and v is not None}
+        flags = ("clear_cap_threshold", "clear_steer_trait")
+        update = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if k not in flags and v is not None}
         data = current.model_dump()
         data.update(update)
         if patch.clear_cap_threshold:
             data["cap_threshold"] = None
+        if patch.clear_steer_trait:  # back to the Assistant Axis
+            data["steer_trait"] = None
         try:
             controls = self.validate_controls(Controls(**data))
         except ValidationError as exc:
