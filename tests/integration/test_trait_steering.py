@@ -20,6 +20,7 @@ from backend.maths.edits import steering_vector
 from backend.models.chat import encode_prompt
 from backend.models.layers import block_output, find_decoder_layers
 from backend.store.space import load_space
+from backend.worker.schemas import Controls
 from tests.helpers.trait_space import TRAITS, WEAK, with_traits
 
 
@@ -144,6 +145,13 @@ def test_trait_steering_with_coefficient_two_equals_twice_the_vector(traited) ->
     # and it did steer: the unsteered turn reads otherwise
     _, _, unsteered = _chat(traited, content)
     assert [t["projection"] for t in unsteered] != pytest.approx(projections, abs=1e-3)
+    # the engine holds the same vector for every layer (set 1 + i for the kept trait i), and its Steer record too
+    norms, trait = engine.space.tensors["activation_norm"], engine.space.tensors["trait_vectors"][1]
+    for k in range(engine.n_layers):
+        torch.testing.assert_close(engine.steer_vectors[2, k], steering_vector(trait[k].float(), float(norms[k])))
+    record = engine.steer_record(Controls(steer_trait="dramatic", steer_coefficient=2.0))
+    assert record is not None and record.coefficient == 2.0
+    torch.testing.assert_close(record.vectors[layer], v)
     # along the axis the same coefficient is the axis's vector, not the trait's
     _, _, axis_tokens = _chat(traited, content, steer_coefficient=2.0)
     axis_v = steering_vector(engine.axis[layer].float(), float(engine.space.tensors["activation_norm"][layer]))
