@@ -101,16 +101,19 @@ def test_a_finished_turn_carries_its_top_traits(traited) -> None:  # type: ignor
     assert next(t for t in again if t["role"] == "assistant")["summary"]["traits"] == traits
 
 
-def _eager(engine: Any, content: str, vector: torch.Tensor, n: int) -> tuple[list[int], list[float]]:
-    """An independent oracle: greedy decoding with a plain hook that adds ``vector`` at the target layer, and the
-    projection on the unit axis there of each fed-back token."""
+def _eager(engine: Any, content: str, vector: torch.Tensor, n: int, start: int = 0) -> tuple[list[int], list[float]]:
+    """An independent oracle: greedy decoding with a plain hook that adds ``vector`` at the target layer (from the
+    forward pass over token ``start`` on; 0: the prompt's pass too), and the projection on the unit axis there of
+    each fed-back token."""
     loaded, layer = engine.loaded, engine.target
     u = engine.axis[layer] / engine.axis[layer].norm()
     prompt = encode_prompt(loaded.tokenizer, None, [{"role": "user", "content": content}])
     seen: list[float] = []
 
     def hook(module: Any, args: Any, output: Any) -> Any:
-        h = block_output(output) + vector
+        h = block_output(output)
+        if start == 0 or len(seen) >= start + 1:  # call 0 is the prompt's pass, call k + 1 the pass over token k
+            h = h + vector
         seen.append(float(h[0, -1] @ u))
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
@@ -156,6 +159,44 @@ def test_trait_steering_with_coefficient_two_equals_twice_the_vector(traited) ->
     _, _, axis_tokens = _chat(traited, content, steer_coefficient=2.0)
     axis_v = steering_vector(engine.axis[layer].float(), float(engine.space.tensors["activation_norm"][layer]))
     assert [t["token_id"] for t in axis_tokens] == _eager(engine, content, 2 * axis_v, 8)[0]
+
+
+def test_a_trait_chosen_mid_turn_steers_from_the_next_token(traited, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from backend.worker.schemas import ControlsPatch
+
+    engine, content, at = traited.engine, "Sing me a song.", 3
+    layer = engine.target
+    v = steering_vector(
+        engine.space.tensors["trait_vectors"][1, layer].float(), float(engine.space.tensors["activation_norm"][layer])
+    )
+    controls = Controls(greedy=True, cap_enabled=False, repetition_penalty=1.0, max_new_tokens=10)
+    sid = engine.db.create_session(None, controls.model_dump(mode="json"))
+    seen: dict[str, int] = {}
+    append = engine.db.append_token
+
+    def append_token(session: str, turn: int, piece: str, data: dict[str, Any]) -> Any:
+        out = append(session, turn, piece, data)
+        if session == sid:  # on the generation thread, between two steps
+            seen[session] = seen.get(session, 0) + 1
+            if seen[session] == at:
+                engine.patch_controls(sid, ControlsPatch(steer_trait="dramatic", steer_coefficient=2.0))
+        return out
+
+    monkeypatch.setattr(engine.db, "append_token", append_token)
+    turn = engine.submit(sid, content, False)[1][0]
+    deadline = time.time() + 120
+    while engine.busy(sid) and time.time() < deadline:
+        time.sleep(0.05)
+    events = engine.db.events(sid)
+    applied = [e["data"] for e in events if e["type"] == "controls_applied" and e["turn"] == turn]
+    tokens = [e["data"] for e in events if e["type"] == "token" and e["turn"] == turn]
+    assert len(applied) == 1 and applied[0]["from_token"] == at
+    want_ids, want_projections = _eager(engine, content, 2 * v, 10, start=at)
+    assert [t["token_id"] for t in tokens] == want_ids
+    assert [t["projection"] for t in tokens] == pytest.approx(want_projections, abs=1e-3)
+    assert want_ids != _eager(engine, content, 0 * v, 10)[0] or want_projections != pytest.approx(
+        _eager(engine, content, 0 * v, 10)[1], abs=1e-3
+    )  # the change did change the turn
 
 
 def test_an_unknown_trait_is_a_422_naming_the_choices(traited) -> None:  # type: ignore[no-untyped-def]
