@@ -39,6 +39,9 @@ from app.chat_states import marker, state_line
 from app.client import WorkerError, WorkerUnavailable
 from app.conversation import Conversation, Reply, apply_events
 from app.live_charts import live_token_figure
+from app.turn_traits import AXIS, steer_options, trait_line, trait_numbers
+from app.turn_traits import to_control as trait_control
+from app.turn_traits import to_widget as trait_widget
 from app.ui import call, client, plain
 
 URL_PARAM = {"chat": "session", "demo": "demo"}
@@ -67,6 +70,7 @@ WIDGETS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "cap_pct": ("cap_percentile", lambda v: float(75.0 if v is None else v), float),
     "cap_layers": ("cap_layers", lambda v: (int(v[0]), int(v[1])), list),
     "steer": ("steer_coefficient", lambda v: float(v or 0.0), float),
+    "steer_trait": ("steer_trait", trait_widget, trait_control),  # the "steer along" select (None: the axis)
     "greedy": ("greedy", lambda v: bool(True if v is None else v), bool),
     "seed": ("seed", lambda v: int(v or 0), int),
     "max": ("max_new_tokens", lambda v: int(v or 160), int),
@@ -183,8 +187,12 @@ def push_controls(prefix: str, *_: Any) -> bool:
         sid, edits = s["sid"], local_edits(prefix)
         if not sid or not edits:
             return True
+        changes = dict(edits)
+        if "steer_trait" in changes and changes["steer_trait"] is None:  # back to the axis: a null would mean "unchanged"
+            del changes["steer_trait"]
+            changes["clear_steer_trait"] = True
         try:
-            result = client().patch_controls(sid, **edits)
+            result = client().patch_controls(sid, **changes)
         except (WorkerUnavailable, WorkerError) as exc:
             shown = ", ".join(f"{field} {value}" for field, value in edits.items())
             s["control_error"] = f"Not applied: {shown}. {exc} The controls show the worker's values again."
@@ -357,7 +365,17 @@ def controls_panel(prefix: str, summary: dict[str, Any], names: tuple[str, ...] 
         "Cap layers", 0, n, **bind("cap_layers"), help="Half-open window [start, stop) of decoder layers where the floor applies."
     )
     if "steer" in shown:
-        st.slider("Steering (× mean activation norm; + toward the Assistant)", -1.0, 1.0, step=0.05, **bind("steer"))
+        options = steer_options(summary)
+        along = st.session_state.get(f"{prefix}_steer_trait", AXIS)
+        if len(options) > 1 and "steer_trait" in shown:
+            if along not in options:  # a trait this space has no vector for: show the axis (the worker refuses it)
+                st.session_state[f"{prefix}_steer_trait"] = along = AXIS
+            st.selectbox(
+                "Steer along", options, **bind("steer_trait"),
+                help="The Assistant Axis or one of the space's trait vectors (same scale; + toward expressing the trait).",
+            )  # fmt: skip
+        toward = "the Assistant" if along == AXIS else str(along).replace("_", " ")
+        st.slider(f"Steering (× mean activation norm; + toward {toward})", -1.0, 1.0, step=0.05, **bind("steer"))
     if "rep" in shown and f"{prefix}_rep" in st.session_state:  # only when the worker knows the control
         st.slider(
             "Repetition penalty", 1.0, 2.0, step=0.05, **bind("rep"),
@@ -407,6 +425,10 @@ def render_reply(conv: Conversation, reply: Reply) -> None:
         parts.append(line)
     if parts:
         st.caption(" · ".join(parts))
+    traits = (reply.summary or {}).get("traits")
+    words = trait_line(traits)
+    if words:  # the z scores on hover
+        st.caption(f"traits: {words}", help=trait_numbers(traits))
 
 
 def messages_view(conv: Conversation) -> None:

@@ -5,7 +5,8 @@
 * ``tau`` ``(rows, n_layers)``: the cap floor of each row at each layer, ``-inf`` = off (that row moves by an exact
   zero, so it is bit-identical to an uncapped run);
 * ``steer`` ``(rows, n_layers)``: the steering coefficient of each row at each layer, 0 = off (the layer window is
-  folded in: layers outside it hold 0);
+  folded in: layers outside it hold 0); with several sets of steering vectors (the axis, then each trait), ``steer_set``
+  ``(rows,)`` says which set each row steers along;
 * ``active`` ``(rows,)``: 1 where the row's reply is still being generated (the capture sums only those rows).
 
 A control change overwrites these tensors in place (:meth:`RowControls.set_cap`, :meth:`RowControls.set_steer`);
@@ -104,7 +105,9 @@ class RowControls:
         cap_directions: ``(n_layers, hidden)`` directions the cap uses at each layer (normalised here), or ``None``
             for no cap hooks; or ``(sets, n_layers, hidden)``: several sets of directions, each row capping along
             the set :meth:`set_cap` names (set 0 by default; the cap evaluation's placebo rows use the others).
-        steer_vectors: ``(n_layers, hidden)`` steering vectors for coefficient 1, or ``None``.
+        steer_vectors: ``(n_layers, hidden)`` steering vectors for coefficient 1, or ``None``; or ``(sets, n_layers,
+            hidden)``: several sets, each row steering along the set :meth:`set_steer` names (set 0 by default; the
+            worker's set 0 is the axis, the others its space's traits).
         monitor: ``(layer, direction)`` to read the projection on ``direction`` at ``layer``, or ``None``.
         capture_layer: a layer whose activations are summed over the rows' generated tokens (for placement).
         layers: the layers that get hooks (default: all); a cap or steering on another layer is refused.
@@ -137,7 +140,8 @@ class RowControls:
         self.layers = tuple(range(n_layers)) if layers is None else validate_layers(layers, n_layers, "hooked layer")
         self.device, self.dtype = torch.device(device), dtype
         sets = None if cap_directions is None else (cap_directions if cap_directions.dim() == 3 else cap_directions[None])
-        for name, value in (("cap_directions", sets), ("steer_vectors", steer_vectors)):
+        steer_sets = None if steer_vectors is None else (steer_vectors if steer_vectors.dim() == 3 else steer_vectors[None])
+        for name, value in (("cap_directions", sets), ("steer_vectors", steer_sets)):
             if value is not None and (tuple(value.shape[-2:]) != (n_layers, hidden) or value.shape[0] < 1):
                 raise InterventionError(f"{name} must be ({n_layers}, {hidden}), got {tuple(value.shape)}")
             if value is not None and not bool(torch.isfinite(value).all()):
@@ -153,7 +157,11 @@ class RowControls:
             [] if norms is None else [frozenset(i for i, n in enumerate(row.tolist()) if n > _EPS) for row in norms]
         )
         self.cap_layers = self.cap_layers_of[0] if self.cap_layers_of else frozenset()
-        self.steer_v = None if steer_vectors is None else steer_vectors.detach().float().to(self.device)
+        self.steer_sets_v = None if steer_sets is None else steer_sets.detach().float().to(self.device)
+        self.steer_v = None if self.steer_sets_v is None else self.steer_sets_v[0]  # set 0 (a view: writes reach it)
+        self.n_steer_sets = 0 if steer_sets is None else int(steer_sets.shape[0])
+        self.steer_set = torch.zeros(rows, device=dev, dtype=torch.long)  # which set each row steers along
+        self.steer_set_of: list[int] = [0] * rows
         self.tau = torch.full((rows, n_layers), -math.inf, device=dev, dtype=f32)
         self.steer = torch.zeros(rows, n_layers, device=dev, dtype=f32)
         self.active = torch.zeros(rows, device=dev, dtype=f32)
@@ -222,9 +230,18 @@ class RowControls:
         self.cap_taus[row] = {k: float(v) for k, v in taus.items() if v != -math.inf}
         self.version += 1
 
-    def set_steer(self, row: int, coefficient: float, layers: Sequence[int] = ()) -> None:
-        """Steering of ``row``: ``coefficient`` at ``layers`` (0 or no layers = off)."""
+    def set_steer(self, row: int, coefficient: float, layers: Sequence[int] = (), direction_set: int = 0) -> None:
+        """Steering of ``row``: ``coefficient`` at ``layers`` (0 or no layers = off), along the steering vectors of
+        ``direction_set`` (0 unless several sets were given)."""
         self._row(row)
+        if (
+            isinstance(direction_set, bool)
+            or not isinstance(direction_set, int)
+            or not 0 <= direction_set < max(1, self.n_steer_sets)
+        ):
+            raise InterventionError(f"steering set {direction_set!r} is out of range 0..{max(1, self.n_steer_sets) - 1}")
+        if direction_set and self.log is not None:
+            raise InterventionError("the library's mode steers along one set of vectors only")
         if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
             raise InterventionError(f"steering coefficient must be a finite number, got {coefficient!r}")
         chosen = validate_layers(list(layers), self.n_layers, "steering layer")
@@ -237,6 +254,8 @@ class RowControls:
         if coefficient != 0:
             values[list(chosen)] = float(coefficient)
         self.steer[row].copy_(values)
+        self.steer_set[row] = direction_set
+        self.steer_set_of[row] = direction_set
         self.steer_on[row] = {layer: float(coefficient) for layer in chosen} if coefficient != 0 else {}
         self.version += 1
 
@@ -251,7 +270,7 @@ class RowControls:
     # every per-row tensor, with the value of a fresh row (cap off, no steering, inactive, nothing read yet)
     _ROW_TENSORS = (
         ("tau", -math.inf), ("steer", 0.0), ("active", 0.0), ("before", 0.0), ("delta", 0.0), ("monitor", 0.0),
-        ("capture_sum", 0.0), ("capture_count", 0.0), ("cap_set", 0),
+        ("capture_sum", 0.0), ("capture_count", 0.0), ("cap_set", 0), ("steer_set", 0),
     )  # fmt: skip
 
     def regroup(self, order: Sequence[int | None]) -> None:
@@ -272,6 +291,7 @@ class RowControls:
                     new[torch.tensor(kept, device=self.device)] = old.index_select(0, sources)
             setattr(self, name, new)
         self.cap_set_of = [self.cap_set_of[k] if k is not None else 0 for k in order]
+        self.steer_set_of = [self.steer_set_of[k] if k is not None else 0 for k in order]
         self.cap_taus = [dict(self.cap_taus[k]) if k is not None else {} for k in order]
         self.steer_on = [dict(self.steer_on[k]) if k is not None else {} for k in order]
         self.rows = len(order)
@@ -282,11 +302,14 @@ class RowControls:
         capture."""
         self._row(row)
         other._row(source)
-        if (other.n_layers, other.hidden, other.n_cap_sets) != (self.n_layers, self.hidden, self.n_cap_sets):
+        if (other.n_layers, other.hidden, other.n_cap_sets, other.n_steer_sets) != (
+            self.n_layers, self.hidden, self.n_cap_sets, self.n_steer_sets
+        ):  # fmt: skip
             raise InterventionError("row controls of another shape cannot share a row")
         for name, _ in self._ROW_TENSORS:
             getattr(self, name)[row].copy_(getattr(other, name)[source])
         self.cap_set_of[row] = other.cap_set_of[source]
+        self.steer_set_of[row] = other.steer_set_of[source]
         self.cap_taus[row] = dict(other.cap_taus[source])
         self.steer_on[row] = dict(other.steer_on[source])
         self.version += 1
@@ -296,6 +319,7 @@ class RowControls:
         cap = self.cap_u is not None
         per_row = self.n_cap_sets > 1
         steer_v = self.steer_v
+        steer_per_row = self.n_steer_sets > 1
         monitor = self.monitor_layer == layer
         capture = self.capture_layer == layer
 
@@ -304,7 +328,7 @@ class RowControls:
             if self.log is not None:  # the library's mode: one row, its values known on the host
                 return replace_block_output(output, self._library_edit(layer, hidden))
             if steer_v is not None:
-                hidden = steer(hidden, steer_v[layer], self.steer[:, layer])
+                hidden = steer(hidden, self.steer_vectors(layer, steer_per_row), self.steer[:, layer])
             if cap:
                 hidden, delta, before = cap_floor(hidden, self.cap_units(layer, per_row), self.tau[:, layer])
                 self.before[:, layer].copy_(before[:, -1])
@@ -320,6 +344,14 @@ class RowControls:
             return replace_block_output(output, hidden)
 
         return hook
+
+    def steer_vectors(self, layer: int, per_row: bool) -> torch.Tensor:
+        """The steering vector at ``layer``: ``(hidden,)``, or ``(rows, 1, hidden)`` (each row's set) when several sets
+        were given (``hidden + c * v`` then gives each row exactly what the one-set path gives it)."""
+        assert self.steer_sets_v is not None and self.steer_v is not None
+        if per_row:
+            return self.steer_sets_v[:, layer].index_select(0, self.steer_set)[:, None, :]
+        return self.steer_v[layer]
 
     def cap_units(self, layer: int, per_row: bool | None = None) -> torch.Tensor:
         """The unit cap direction at ``layer``: ``(hidden,)``, or ``(rows, hidden)`` (each row's set) when several

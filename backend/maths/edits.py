@@ -65,7 +65,8 @@ def steering_vector(direction: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def steer(hidden: torch.Tensor, vector: torch.Tensor, coefficient: float | torch.Tensor) -> torch.Tensor:
-    """Additive steering ``h + coefficient * vector``: ``vector`` ``(d,)``, ``hidden`` ``(rows, positions, d)``.
+    """Additive steering ``h + coefficient * vector``: ``vector`` ``(d,)`` (or one per row, ``(rows, 1, d)``), ``hidden``
+    ``(rows, positions, d)``.
 
     ``coefficient`` is one number, or one per row, ``(rows,)``; a row whose coefficient is 0 gets an exact zero
     added (bit-identical).

@@ -107,9 +107,23 @@ def axis_first(
     return (residual - mean) @ comps.T, (d_res - mean) @ comps.T, [float(v) / total for v in sing[:k] ** 2]
 
 
+def trait_axes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The traits the space has a vector for (``trait_set``, written by ``build-traits``), in their stored order:
+    ``{"name", "description", "weak"}`` each; empty for a space without traits."""
+    field = manifest.get("trait_set")
+    if not isinstance(field, dict):
+        return []
+    entries = {e.get("name"): e for e in field.get("traits", []) if isinstance(e, dict)}
+    return [
+        {"name": n, "description": str(entries.get(n, {}).get("description", "")), "weak": bool(entries.get(n, {}).get("weak"))}
+        for n in field.get("kept_order", [])
+    ]
+
+
 def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
     """Roles with coordinates (PCA at ``layer``, default the target layer; the stored UMAP layouts), the
-    Assistant, the axis drawn in PCA space, per-layer figures and cap thresholds."""
+    Assistant, the axis drawn in PCA space, per-layer figures, cap thresholds and the traits one can steer along
+    (``trait_axes``; ``traits`` is something else: the projections an imported paper release lists)."""
     m, a = view.manifest, view.arrays
     target = view.target_layer
     layer = target if layer is None else int(layer)
@@ -173,6 +187,7 @@ def summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
         "pool_projections_target": [float(x) for x in a["pool_projections"][:, target]],
         "ranking": m.get("ranking", []),
         "traits": m.get("traits"),
+        "trait_axes": trait_axes(m),
         "cap_presets": m.get("cap_presets"),
         "counts": m.get("counts", {}),
         "settings": m.get("settings", {}),

@@ -42,10 +42,10 @@ from backend.errors import PersonaSpaceError
 from backend.hooks.interventions import Cap, Steer
 from backend.hooks.rows import RowControls
 from backend.kernels import cpu_threads
-from backend.maths.edits import steering_vector
 from backend.models.loading import LoadedModel
 from backend.reading.placement import Placement
 from backend.reading.transcripts import max_context
+from backend.reading.turn_traits import TurnTraits
 from backend.store.space import Space
 from backend.view.cap_preset import default_cap
 from backend.worker.batch import MAX_ROWS, Running
@@ -53,6 +53,7 @@ from backend.worker.db import Database
 from backend.worker.imports import describe
 from backend.worker.jobs import Call, Conflict, ControlError, Job, Overdue, Projection, ShuttingDown
 from backend.worker.schemas import Controls, ControlsPatch, WindowError, fit_controls
+from backend.worker.steering import Steering
 from backend.worker.turn import run_turn
 
 log = logging.getLogger("persona_space.worker")
@@ -85,6 +86,7 @@ class Engine:
         self.space = space
         self.db = db
         self.placement = Placement(space)
+        self.turn_traits = TurnTraits.of(space)  # None for a space without traits: turns then carry none
         info = loaded.info
         self.n_layers = info.n_layers
         self.target = space.target_layer
@@ -105,7 +107,8 @@ class Engine:
         self.unrecorded: dict[int, str] = {}  # failed turns whose failure the database did not take yet
         self.max_context = max_context(loaded.model)
         self.stop_ids = eos_ids(loaded)
-        self.steer_vectors = self._steer_vectors()
+        self.steering = Steering(space, self.turn_traits)  # the axis's and the traits' steering vectors
+        self.steer_vectors = self.steering.vectors
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids or {0}))
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
@@ -122,17 +125,6 @@ class Engine:
         self.slice_s = 0.0  # how long the last slice took (a slice is due once the steps took as long)
 
     # setup ----------------------------------------------------------------------------------------------
-
-    def _steer_vectors(self) -> torch.Tensor:
-        """Steering vectors for coefficient 1 at every layer (zero where the space has no usable norm)."""
-        norms = self.space.tensors["activation_norm"]
-        out = torch.zeros(self.axis.shape, dtype=torch.float32)
-        for layer in range(self.axis.shape[0]):
-            try:
-                out[layer] = steering_vector(self.axis[layer].float(), float(norms[layer]))
-            except PersonaSpaceError:
-                log.warning("layer %d cannot be steered: no usable activation norm or axis there", layer)
-        return out
 
     def start(self) -> None:
         self.db.recover()
@@ -178,6 +170,7 @@ class Engine:
         return Controls(cap_percentile=percentile, cap_layers=window)
 
     def validate_controls(self, controls: Controls) -> Controls:
+        self.steering.check(controls)
         try:
             return fit_controls(controls, self.n_layers, (int(self.cap_window[0]), int(self.cap_window[1])))
         except WindowError as exc:
@@ -192,11 +185,14 @@ class Engine:
         if session is None:
             raise KeyError(sid)
         current = Controls(**session["controls"])
-        update = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if k != "clear_cap_threshold" and v is not None}
+        flags = ("clear_cap_threshold", "clear_steer_trait")
+        update = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if k not in flags and v is not None}
         data = current.model_dump()
         data.update(update)
         if patch.clear_cap_threshold:
             data["cap_threshold"] = None
+        if patch.clear_steer_trait:  # back to the Assistant Axis
+            data["steer_trait"] = None
         try:
             controls = self.validate_controls(Controls(**data))
         except ValidationError as exc:
@@ -223,14 +219,6 @@ class Engine:
             per_layer = self.space.threshold(percentile)
             taus = {layer: float(per_layer[layer]) for layer in layers}
         return Cap({layer: self.axis[layer] for layer in layers}, taus)
-
-    def steer_record(self, controls: Controls) -> Steer | None:
-        if controls.steer_coefficient == 0:
-            return None
-        start, stop = controls.steer_layers or (self.target, self.target + 1)
-        norms = self.space.tensors["activation_norm"]
-        vectors = {layer: steering_vector(self.axis[layer], float(norms[layer])) for layer in range(start, stop)}
-        return Steer(vectors, controls.steer_coefficient)
 
     # queue ----------------------------------------------------------------------------------------------
     def submit(self, sid: str, content: str, compare: bool) -> tuple[int, list[int], list[str], int]:
@@ -504,6 +492,13 @@ class Engine:
     def take_pending(self, sid: str) -> tuple[Controls, int] | None:
         with self.cond:
             return self.pending.pop(sid, None)
+
+    def steer_set(self, controls: Controls) -> int:
+        """The steering set of ``controls``: 0 for the axis, ``1 + i`` for the space's kept trait ``i``."""
+        return self.steering.set_of(controls)
+
+    def steer_record(self, controls: Controls) -> Steer | None:
+        return self.steering.record(controls)
 
     def row_controls(self, n: int) -> RowControls:
         device = next(self.loaded.model.parameters()).device

@@ -6,13 +6,15 @@ Interventions and telemetry travel in one extension key, ``persona_space``, at t
 ``openai`` client sends it with ``extra_body``) and of every response object (clients that do not know it ignore it)::
 
     request:  "persona_space": {"cap": {"percentile": 75, "window": [21, 27]} | {"threshold": 3.2} | null | "off",
-                                "steer": {"coefficient": 1.0, "window": [20, 21]}}
+                                "steer": {"coefficient": 1.0, "window": [20, 21], "trait": "dramatic"}}
     chunk:    "persona_space": {"projections": [...], "cap_deltas": [[...], ...], "token_ids": [...]}
-    last:     "persona_space": {..., "turn": {"mean_projection", "layer", "pca", "umap_2d", "umap_3d", "nearest"},
+    last:     "persona_space": {..., "turn": {"mean_projection", "layer", "pca", "umap_2d", "umap_3d", "nearest",
+                                          "traits" (when the space has traits)},
                                 "prompt_projection": p, "session": sid, "turn_id": n}
 
 Windows are half-open ``[start, stop)`` layer ranges, as everywhere in the worker. Without ``cap`` the server's
-default applies (``serve --cap``); ``cap: null`` or ``"off"`` turns it off for the request.
+default applies (``serve --cap``); ``cap: null`` or ``"off"`` turns it off for the request. ``steer.trait`` steers along
+one of the space's trait vectors instead of the axis (+ toward expressing the trait; same normalised scale).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from backend.errors import PersonaSpaceError
-from backend.worker.schemas import MAX_NEW_TOKENS, MAX_THRESHOLD, MIN_TEMPERATURE, MIN_TOP_P, Controls
+from backend.worker.schemas import MAX_NEW_TOKENS, MAX_THRESHOLD, MAX_TRAIT_CHARS, MIN_TEMPERATURE, MIN_TOP_P, Controls
 
 MAX_API_MESSAGES = 256
 MAX_API_CONTENT_CHARS = 32_000
@@ -82,10 +84,12 @@ class CapSpec(_Strict):
 
 
 class SteerSpec(_Strict):
-    """Steering along the axis, in multiples of the layer's mean activation norm, on a window."""
+    """Steering along the axis (or the space's trait ``trait``), in multiples of the layer's mean activation norm, on
+    a window."""
 
     coefficient: float = Field(..., ge=-4, le=4)
     window: tuple[int, int] | None = None
+    trait: str | None = Field(None, min_length=1, max_length=MAX_TRAIT_CHARS)
 
     @model_validator(mode="after")
     def _check(self) -> SteerSpec:
@@ -257,6 +261,7 @@ def to_controls(request: ChatRequest, base: Controls) -> Controls:
         **cap,
         steer_coefficient=ext.steer.coefficient if ext.steer is not None else 0.0,
         steer_layers=ext.steer.window if ext.steer is not None else None,
+        steer_trait=ext.steer.trait if ext.steer is not None else None,
         greedy=temperature == 0,
         temperature=max(temperature, MIN_TEMPERATURE) if temperature > 0 else 1.0,
         top_p=max(request.top_p if request.top_p is not None else 1.0, MIN_TOP_P),
@@ -315,7 +320,7 @@ def telemetry(tokens: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-TURN_KEYS = ("mean_projection", "layer", "pca", "umap_2d", "umap_3d", "nearest", "placement_error")
+TURN_KEYS = ("mean_projection", "layer", "pca", "umap_2d", "umap_3d", "nearest", "placement_error", "traits")
 
 
 def turn_summary(summary: dict[str, Any]) -> dict[str, Any]:

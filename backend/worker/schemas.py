@@ -10,6 +10,7 @@ MAX_MESSAGE_CHARS = 8000
 MAX_SYSTEM_CHARS = 4000
 MAX_NEW_TOKENS = 1024
 MAX_TITLE_CHARS = 200
+MAX_TRAIT_CHARS = 64  # a trait's name (snake_case, as in the catalogue)
 MAX_THRESHOLD = 1e9  # |cap_threshold|: far beyond any projection, small enough to stay finite in float32
 # Sampling divides float32 logits by the temperature, then keeps the tokens whose preceding mass is below top_p, in
 # float32 (backend.maths.sampling). A temperature of 1e-38 sends logits to inf (softmax then gives NaN, and every
@@ -37,6 +38,10 @@ class Controls(Strict):
     cap_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the space's cap window")
     steer_coefficient: float = Field(0.0, ge=-4, le=4, description="multiples of the layer's mean activation norm")
     steer_layers: tuple[int, int] | None = Field(None, description="[start, stop); default: the target layer only")
+    steer_trait: str | None = Field(
+        None, min_length=1, max_length=MAX_TRAIT_CHARS,
+        description="steer along this trait's vector (+ toward expressing it); None: along the Assistant Axis",
+    )  # fmt: skip
     temperature: float = Field(0.7, ge=MIN_TEMPERATURE, le=2)
     top_p: float = Field(0.9, ge=MIN_TOP_P, le=1)
     greedy: StrictBool = True
@@ -82,6 +87,8 @@ class ControlsPatch(Strict):
     cap_layers: tuple[int, int] | None = None
     steer_coefficient: float | None = Field(None, ge=-4, le=4)
     steer_layers: tuple[int, int] | None = None
+    steer_trait: str | None = Field(None, min_length=1, max_length=MAX_TRAIT_CHARS)
+    clear_steer_trait: StrictBool = False  # steer along the Assistant Axis again
     temperature: float | None = Field(None, ge=MIN_TEMPERATURE, le=2)
     top_p: float | None = Field(None, ge=MIN_TOP_P, le=1)
     greedy: StrictBool | None = None

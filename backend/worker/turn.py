@@ -32,6 +32,7 @@ from backend.maths.sampling import choose_token
 from backend.models.chat import Message, encode_prompt
 from backend.models.loading import LoadedModel
 from backend.reading.placement import Placement
+from backend.reading.turn_traits import TurnTraits
 from backend.worker.db import Database
 from backend.worker.jobs import Job
 from backend.worker.schemas import MAX_NEW_TOKENS, Controls
@@ -46,6 +47,7 @@ class Engine(Protocol):
     db: Database
     compiled: list[CompiledRows]
     placement: Placement
+    turn_traits: TurnTraits | None  # None for a space without traits
     target: int
     axis: torch.Tensor
     cond: threading.Condition
@@ -66,6 +68,8 @@ class Engine(Protocol):
     def take_pending(self, sid: str) -> tuple[Controls, int] | None: ...
 
     def row_controls(self, n: int) -> RowControls: ...
+
+    def steer_set(self, controls: Controls) -> int: ...
 
 
 log = logging.getLogger("persona_space.worker")
@@ -143,7 +147,7 @@ def configure_row(engine: Engine, rows: RowControls, i: int, variant: str, contr
     record = engine.cap_record(controls, variant)
     rows.set_cap(i, dict(record.thresholds) if record is not None else None)
     start, stop = controls.steer_layers or (engine.target, engine.target + 1)
-    rows.set_steer(i, float(controls.steer_coefficient), range(start, stop))
+    rows.set_steer(i, float(controls.steer_coefficient), range(start, stop), engine.steer_set(controls))
 
 
 def take_pending(engine: Engine, sid: str, live: RowControls, turns: list[tuple[int, Row]]) -> None:
@@ -336,6 +340,8 @@ def _end(
                 log.exception("placing turn %s failed", r.job.turn_id)
                 summary["mean_projection"] = float(mean.double() @ (axis / axis.norm()).double())
                 summary["placement_error"] = f"{type(exc).__name__}: {exc}"
+            if engine.turn_traits is not None:  # the turn's top traits (the statistics were computed once, at load)
+                summary["traits"] = engine.turn_traits.read(mean)
         final = engine.loaded.tokenizer.decode(r.tokens, skip_special_tokens=True)
         hits = [k for k in (final.find(s) for s in r.job.stop_strings) if k >= 0]
         if hits:  # the reply ends before its stop string, as OpenAI's do

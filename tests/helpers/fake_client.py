@@ -18,12 +18,13 @@ MAX_MESSAGE_CHARS = 8000  # the worker's limit, refused with its own message
 class FakeClient:
     def __init__(
         self, ready: bool = True, reply: str = "Hello there, I am a helpful assistant.", repetition_penalty: bool = False,
-        hold: bool = False,
+        hold: bool = False, turn_traits: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.ready = ready
         self.repetition_penalty = repetition_penalty  # a worker that knows the control (default 1.15)
         self.reply = reply
         self.hold = hold
+        self.turn_traits = turn_traits  # the ``traits`` of every finished reply's summary (a space with traits)
         self.calls: list[tuple[str, Any]] = []
         self.sessions: dict[str, dict[str, Any]] = {}
         self.log: dict[str, list[dict[str, Any]]] = {}
@@ -112,7 +113,8 @@ class FakeClient:
                 self._event(sid, turn, "token", {"turn": turn, "index": i, "text": text, "projection": 1.0 + i * 0.1 - v, "cap_on": variant == "capped",
                                                  "cap_delta": 0.0, "controls_version": 0, "variant": variant})  # fmt: skip
             self._event(sid, turn, "turn_end", {"turn": turn, "status": "done", "mean_projection": 1.5 - v, "pca": [0.1 * user, 0.2, 0.0],
-                                                "umap_2d": [0.0, 0.0], "nearest": [{"name": "librarian", "cosine": 0.9}], "n_tokens": len(words)})  # fmt: skip
+                                                "umap_2d": [0.0, 0.0], "nearest": [{"name": "librarian", "cosine": 0.9}], "n_tokens": len(words),
+                                                **({"traits": self.turn_traits} if self.turn_traits else {})})  # fmt: skip
         return {"user_turn": user, "assistant_turns": turns, "variants": variants, "queue_position": 0}
 
     def _queue(self, sid: str, content: str, compare: bool) -> dict[str, Any]:
@@ -167,11 +169,13 @@ class FakeClient:
         return [e for e in self.log[sid] if e["seq"] > after]
 
     def patch_controls(self, sid: str, **changes: Any) -> dict[str, Any]:
-        self.calls.append(("patch_controls", changes))
+        self.calls.append(("patch_controls", dict(changes)))
         if "cap_percentile" in changes and not 0 <= changes["cap_percentile"] <= 100:
             raise WorkerError("invalid request: cap_percentile: must be in [0, 100]")
         if "repetition_penalty" in changes and not self.repetition_penalty:
             raise WorkerError("invalid request: repetition_penalty: Extra inputs are not permitted")
+        if changes.pop("clear_steer_trait", False):  # back to the axis
+            changes["steer_trait"] = None
         session = self.sessions[sid]
         session["controls"] = {**session["controls"], **changes}
         session["controls_version"] += 1

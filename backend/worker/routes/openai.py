@@ -26,7 +26,8 @@ from backend.worker.state import Notifier, State, WorkerState
 
 router = APIRouter(prefix="/v1")
 
-CONTROL_KEYS = ("cap_enabled", "cap_percentile", "cap_threshold", "cap_layers", "steer_coefficient", "steer_layers", "seed")
+CONTROL_KEYS = ("cap_enabled", "cap_percentile", "cap_threshold", "cap_layers", "steer_coefficient", "steer_layers", "steer_trait",
+                "seed")  # fmt: skip
 
 
 def _names(state: WorkerState, engine: Engine) -> list[str]:
