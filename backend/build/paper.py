@@ -36,10 +36,12 @@ from backend.build.paper_files import (
     rel_name,
     tensor_files,
 )
+from backend.build.paper_traits import paper_trait_set
 from backend.errors import PersonaSpaceError, SpaceError
 from backend.maths.axis import compute_axis, project
 from backend.models.table import ModelSettings, settings_for
 from backend.store.space import check_target, sha256_file, write_space
+from backend.store.trait_check import TRAIT_FIELD, TRAIT_TENSOR
 
 POOL = "role and trait vectors"
 # The released axis should agree with default - mean(roles); below this minimum cosine the report warns.
@@ -88,7 +90,9 @@ def import_paper_vectors(
         axis vs ``default - mean(roles)``), ``axis_norm_ratio`` ``{min, max}`` (released / ours), ``pool``,
         ``pool_size``, ``cap_presets`` (see :func:`parse_capping_config`), ``skipped_presets`` and ``warnings``.
         The same facts (less ``space`` and ``model``) are in the manifest under ``"import"``; the presets also under
-        ``"cap_presets"`` and the traits' projections at the target layer under ``"traits"``.
+        ``"cap_presets"`` and the traits' projections at the target layer under ``"traits"``. Released trait vectors
+        are also stored as the space's traits (the tensor ``trait_vectors`` and the field ``trait_set``, see
+        :mod:`backend.build.paper_traits`).
     """
 
     folder = Path(folder)
@@ -127,9 +131,8 @@ def import_paper_vectors(
     pool_parts = [project(roles, axis), project(default, axis)[None]]  # (R, L), (1, L)
     trait_files = tensor_files(folder, TRAIT_DIR)
     trait_names = [p.stem for p in trait_files]
-    for path in trait_files:  # one at a time: only their projections are kept
-        trait = matrix(load_plain(path, folder), rel_name(path, folder), shape, DEFAULT_FILE)
-        pool_parts.append(project(trait, axis)[None])
+    trait_vectors = [matrix(load_plain(p, folder), rel_name(p, folder), shape, DEFAULT_FILE) for p in trait_files]
+    pool_parts.extend(project(trait, axis)[None] for trait in trait_vectors)
     pool = torch.cat(pool_parts)  # (R + 1 + T, L)
     trait_projections = pool[len(names) + 1 :]  # (T, L)
 
@@ -208,6 +211,9 @@ def import_paper_vectors(
     manifest["traits"] = {n: float(trait_projections[i, target]) for i, n in enumerate(trait_names)}
     manifest["settings"] = {"source": "paper-release", "percentiles": [float(p) for p in percentiles], "seed": seed}
     manifest["counts"] = {"roles_kept": len(names), "roles_dropped": 0, "traits": len(trait_names)}
+    if trait_vectors:  # the same structure as build-traits: info and the Traits page read them like built ones
+        manifest[TRAIT_FIELD] = paper_trait_set(trait_names, str(folder), f"{TRAIT_DIR}/<trait>.pt")
+        tensors[TRAIT_TENSOR] = torch.stack(trait_vectors)  # (T, L, d)
     path = write_space(Path(out), manifest, tensors)
     report = {"space": str(path), "model": model, **info}
     return path, report
