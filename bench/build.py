@@ -7,6 +7,11 @@ products) on the same prompts and settings, alternating in one process. The last
 With ``--generator openai --generator-url URL[,URL...]``: the generate stage on a completions server (vLLM, SGLang,
 llama.cpp's server; PERSONA_SPACE_GENERATOR_* settings apply) vs in-process generate + capture on the same prompts,
 and the teacher-forced capture the served path adds on this machine, each in tokens/s.
+
+With ``--traits`` (after the above, unchanged): the trait build's generate + capture (a chunk of ``build-traits``
+answers: trait instructions over questions) vs the persona build's (a chunk of role answers), the same number of
+answers with the same ``max_new_tokens`` through the same engine, alternating; the last line is then their JSON
+(``trait_answers_per_s``, ``persona_answers_per_s``, ``ratio``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--generator", choices=["hf", "openai"], default="hf")
     parser.add_argument("--generator-url", default=None, help="base URL(s) of the completions server(s), comma-separated")
+    parser.add_argument("--traits", action="store_true", help="also: trait build vs persona build, answers/s")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 4)
 
@@ -104,6 +110,49 @@ def main() -> None:
                 "plain_tok_s": round(statistics.median(plain_rates), 2),
                 "build_tok_s": round(statistics.median(build_rates), 2),
                 "ratio": round(statistics.median(b / p for b, p in zip(build_rates, plain_rates, strict=True)), 4),
+            }
+        )
+    )
+    if args.traits:
+        trait_bench(loaded, units, settings, rounds)
+
+
+def trait_bench(loaded, persona_units, settings: BuildSettings, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    """The trait build's chunk vs the persona build's, same size and settings, alternating; answers/s."""
+    from backend.build.trait_settings import TraitSettings
+    from backend.build.traits import plan_trait_units
+    from backend.catalogue.traits import load_traits
+
+    trait_settings = TraitSettings(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
+    run_settings = trait_settings.executor_settings()  # what build-traits hands the engine
+    trait_units = plan_trait_units(load_traits(), load_catalogue().questions, trait_settings)[: len(persona_units)]
+
+    def rate(units, run, seed: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        _, records = generate_chunk(loaded, units, run, seed)
+        elapsed = time.perf_counter() - t0
+        return len(records) / elapsed, sum(r["n_tokens"] for r in records) / elapsed
+
+    rate(trait_units, run_settings, 0)
+    rate(persona_units, settings, 0)
+    traits, personas = [], []
+    for r in range(rounds):
+        traits.append(rate(trait_units, run_settings, r + 1))
+        personas.append(rate(persona_units, settings, r + 1))
+        print(f"traits {traits[-1][0]:.2f} answers/s   personas {personas[-1][0]:.2f} answers/s", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "model": loaded.info.name,
+                "threads": torch.get_num_threads(),
+                "answers_per_chunk": len(trait_units),
+                "max_new_tokens": settings.max_new_tokens,
+                "rounds": rounds,
+                "trait_answers_per_s": round(statistics.median(t for t, _ in traits), 3),
+                "persona_answers_per_s": round(statistics.median(p for p, _ in personas), 3),
+                "ratio": round(statistics.median(t[0] / p[0] for t, p in zip(traits, personas, strict=True)), 4),
+                "trait_tok_s": round(statistics.median(t for _, t in traits), 2),
+                "persona_tok_s": round(statistics.median(t for _, t in personas), 2),
             }
         )
     )
