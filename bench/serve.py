@@ -17,6 +17,7 @@ each step (one turn at a time, as before #24's concurrent decoding, gave speedup
 
     python bench/serve.py --quick
     python bench/serve.py --quick --no-compile
+    python bench/serve.py --quick --batch-rows 1     # one turn at a time (compiled step): what batching costs one stream
 """
 
 from __future__ import annotations
@@ -80,11 +81,15 @@ def main() -> None:
         "--threads", type=int, default=1, help="the worker's torch threads (OMP_NUM_THREADS; 1 as the test harness)"
     )
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="measure the eager decode step")
+    parser.add_argument(
+        "--batch-rows", type=int, default=None, help="serve --batch-rows (1: one turn at a time, the compiled step)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 4)
     tokens = args.tokens or (32 if args.quick else 96)
     tmp = Path(tempfile.mkdtemp())
     extra = ["--device", args.device] if args.device else []
+    extra += ["--batch-rows", str(args.batch_rows)] if args.batch_rows is not None else []
     worker = Worker(
         args.model, Path(args.space), tmp / "serve.sqlite3", env={"OMP_NUM_THREADS": str(args.threads)},
         compile=args.compile, extra=extra,
@@ -122,7 +127,7 @@ def main() -> None:
     ttfts = [g["ttft"] for group in groups for g in group]
     result: dict[str, Any] = {
         "bench": "serve", "model": args.model, "device": health.get("device"), "decode_step": health.get("decode_step"),
-        "rounds": rounds, "tokens_per_request": tokens, "concurrent": CONCURRENT,
+        "rounds": rounds, "tokens_per_request": tokens, "concurrent": CONCURRENT, "batch_rows": args.batch_rows or 4,
         "single_tok_s": round(single, 2), "aggregate_tok_s": round(aggregate, 2),
         "aggregate_speedup": round(aggregate / single, 3), "per_stream_ratio": round(slowest, 3),
         "ttft_p50_s": round(percentile(ttfts, 0.5), 3), "ttft_p95_s": round(percentile(ttfts, 0.95), 3),

@@ -2,12 +2,14 @@
 
 Each session, in a loop: changes its controls at random, sends a message and follows the reply over server-sent
 events (dropping the stream and resuming with Last-Event-ID now and then), stops a reply, undoes, exports and
-re-imports itself, and sends hostile requests. Then every stored reply is checked: a finished status, and its
+re-imports itself, and sends hostile requests. Beside them, API clients call ``POST /v1/chat/completions``
+(streamed or not, each with its own cap or none, a stream dropped mid-way now and then, and requests the API must
+refuse: ``n > 1``, ``tools``, bad messages, NaN). Then every stored reply is checked (API requests too): a finished status, and its
 text equal to its token events. Separately, ``GET /sessions/{id}`` latency is measured with and without 100 idle
 event followers connected, and while a 19 MB session export is imported (all once the map is built). The last line is JSON: ``requests``, ``errors_5xx`` (target 0), ``turns_done``,
-``turns_lost`` (target 0), ``p95_ms`` (GET /sessions/{id} under the idle followers, target <= 50).
+``turns_lost`` (target 0), ``api_requests``, ``api_refused_ok`` (refusals in OpenAI's error shape), ``p95_ms`` (GET /sessions/{id} under the idle followers, target <= 50).
 
-    python bench/soak.py --quick      # 6 sessions for 60 s, 100 followers
+    python bench/soak.py --quick      # 6 sessions and 2 API clients for 60 s, 100 followers
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ HOSTILE: list[tuple[str, str, Any, dict[str, str]]] = [
     ("GET", "/sessions", None, {"host": "[::1]evil.example"}),
     ("POST", "/sessions", "{}", {"origin": "http://evil.example\\@127.0.0.1"}),
 ]  # fmt: skip
+API_HOSTILE: list[str] = [
+    '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}',
+    '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}',
+    '{"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}',
+    '{"model": "m", "messages": []}',
+    '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e300}',
+    '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "persona_space": {"cap": {"percentile": 250}}}',
+    '{"model": "m", "messages": "hi"',
+]  # fmt: skip
 PROMPTS = ["Tell me about bread.", "How do tides work?", "Who are you?", "Describe a storm.", "Give me advice."]
 
 
@@ -67,6 +79,9 @@ class Stats:
         self.requests = 0
         self.errors_5xx: list[str] = []
         self.hostile_accepted: list[str] = []
+        self.api_requests = 0
+        self.api_refused_ok = 0
+        self.api_bad_refusals: list[str] = []
 
     async def call(self, client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
         r = await client.request(method, path, **kw)
@@ -133,6 +148,56 @@ async def session_loop(client: httpx.AsyncClient, stats: Stats, rng: random.Rand
                 stats.hostile_accepted.append(f"{method} {path} -> {r.status_code}")
 
 
+def api_body(rng: random.Random, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "persona-space", "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+        "max_tokens": rng.randint(4, 16), "stream": stream, "seed": rng.randint(0, 99),
+    }  # fmt: skip
+    if rng.random() < 0.5:
+        body["temperature"] = 0.0
+    cap = rng.choice([None, {"percentile": 25}, {"percentile": 75}, {"percentile": 50, "window": [10, 20]}])
+    if cap is not None:
+        body["persona_space"] = {"cap": cap}
+    if stream and rng.random() < 0.5:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def api_loop(client: httpx.AsyncClient, stats: Stats, rng: random.Random, until: float) -> None:
+    """An OpenAI-API client: completions streamed and not, a stream dropped now and then, requests to refuse."""
+    while time.time() < until:
+        action = rng.random()
+        stats.api_requests += 1
+        if action < 0.4:
+            await stats.call(client, "POST", "/v1/chat/completions", json=api_body(rng, stream=False))
+        elif action < 0.85:
+            drop = rng.random() < 0.25
+            async with client.stream("POST", "/v1/chat/completions", json=api_body(rng, stream=True), timeout=300) as r:
+                stats.requests += 1
+                if r.status_code >= 500:
+                    stats.errors_5xx.append(f"API stream -> {r.status_code}")
+                    continue
+                chunks = 0
+                async for line in r.aiter_lines():
+                    chunks += line.startswith("data: ")
+                    if drop and chunks >= 2:
+                        break  # the client goes away mid-stream: its row must stop, nothing else may suffer
+        else:
+            body = rng.choice(API_HOSTILE)
+            r = await stats.call(
+                client, "POST", "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
+            try:
+                error = r.json().get("error", {})
+                shaped = 400 <= r.status_code < 500 and {"message", "type", "param", "code"} <= set(error)
+            except (ValueError, AttributeError):
+                shaped = False
+            if shaped:
+                stats.api_refused_ok += 1
+            else:
+                stats.api_bad_refusals.append(f"{body[:60]} -> {r.status_code} {r.text[:80]}")
+
+
 async def latency(client: httpx.AsyncClient, sid: str, n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -196,7 +261,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         sids: list[str] = []
         until = time.time() + args.seconds
         await asyncio.gather(
-            *(session_loop(client, stats, random.Random(rng.random()), until, sids) for _ in range(args.sessions))
+            *(session_loop(client, stats, random.Random(rng.random()), until, sids) for _ in range(args.sessions)),
+            *(api_loop(client, stats, random.Random(rng.random()), until) for _ in range(args.api_clients)),
         )
         for task in followers:
             task.cancel()
@@ -225,6 +291,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "import_mb": import_mb, "import_s": import_s, "max_get_ms_during_import": import_max_get,
         "followers": args.followers, "sessions": args.sessions, "seconds": args.seconds,
         "hostile_accepted": len(stats.hostile_accepted), "first_5xx": stats.errors_5xx[:3],
+        "api_clients": args.api_clients, "api_requests": stats.api_requests, "api_refused_ok": stats.api_refused_ok,
+        "api_bad_refusals": len(stats.api_bad_refusals), "first_api_bad_refusals": stats.api_bad_refusals[:3],
     }  # fmt: skip
 
 
@@ -236,6 +304,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--followers", type=int, default=100)
+    parser.add_argument("--api-clients", type=int, default=2, help="concurrent OpenAI-API clients beside the sessions")
     parser.add_argument("--samples", type=int, default=200, help="GET /sessions/{id} timings per measurement")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

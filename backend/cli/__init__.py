@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8: int8 weights on a CPU (a 1.2-1.4x faster decode step; projections within ~0.5 of float32's, greedy "
         "replies part from float32's after 10-40 tokens: docs/worker-api.md, Precision); default: the model's own dtype",
     )
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=4,
+        help="running turns decoded together as rows of one batch, 1-16 (default 4: on a CPU a step costs about the "
+        "same for 1-4 rows); 1 decodes one turn at a time, with the compiled decode step (faster for one user)",
+    )
     add_serve_cap_arg(p)
     p.set_defaults(func=cmd_serve)
 

@@ -60,7 +60,11 @@ class Running:
         """Start ``job``'s turns and let their rows join the batch (their prompts read now). Returns the turns that
         failed (turn id: why) for the engine to record."""
         engine = self.engine
-        rows = open_rows(engine, job)
+        try:
+            rows = open_rows(engine, job)  # writes its turns' start: the database may refuse it
+        except Exception as exc:  # not lost: the engine marks its turns failed once the database takes the write
+            log.exception("turn %s could not start", job.turn_id)
+            return dict.fromkeys(self._turns(job), f"{type(exc).__name__}: {exc}")
         if not rows:
             return {}
         self.jobs.append(job)

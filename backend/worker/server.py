@@ -39,6 +39,7 @@ from fastapi import FastAPI
 
 from backend.errors import PersonaSpaceError
 from backend.kernels import cpu_threads, int8_linear
+from backend.worker.batch import MAX_ROWS
 from backend.worker.bodies import JSONBodies
 from backend.worker.db import Database
 from backend.worker.engine import Engine
@@ -98,6 +99,7 @@ def load_in_background(
     threads: int | None = None,
     compile: bool = False,
     api_cap: str = "default",
+    batch_rows: int = MAX_ROWS,
 ) -> threading.Thread:
     """Load the model and space, then start the engine (its generation thread with ``threads`` torch threads);
     failures are reported through ``/health``."""
@@ -107,7 +109,7 @@ def load_in_background(
             state.status = "loading model"
             loaded, space = load()
             state.status = "warming up"
-            engine = Engine(loaded, space, state.db, threads=threads, compile=compile, api_cap=api_cap)
+            engine = Engine(loaded, space, state.db, threads=threads, compile=compile, api_cap=api_cap, batch_rows=batch_rows)
             state.engine = engine
             engine.start()
             engine.ready.wait()
@@ -150,6 +152,7 @@ def serve(
     compile: bool = True,
     precision: str = "default",
     cap: str = "default",
+    batch_rows: int = MAX_ROWS,
 ) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code (130 after SIGINT, else 0: see the module docstring)."""
     import uvicorn
@@ -209,7 +212,7 @@ def serve(
     # raises each again once it has stopped, and they land here
     with _StopSignals(stop) as stops:
         try:
-            load_in_background(state, model_spec, str(space_path), load, threads, compile, api_cap)
+            load_in_background(state, model_spec, str(space_path), load, threads, compile, api_cap, batch_rows)
             server.run()
         finally:
             _leave(state, stops.code())

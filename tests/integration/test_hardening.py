@@ -367,7 +367,8 @@ def test_an_unwritable_database_mid_turn_fails_the_turn_and_the_worker_recovers(
         first = w.session(controls={"max_new_tokens": 1000, "greedy": False})
         second = w.session(controls={"max_new_tokens": 5})
         running = w.say(first, "Talk for a long time.")["assistant_turns"][0]
-        queued = w.say(second, "Then me.")["assistant_turns"][0]
+        # queued behind the running turn of its own session (another session's turn would be decoded beside it)
+        queued = w.say(first, "Then me.")["assistant_turns"][0]
         w.wait_tokens(first, running, 5)
         if not _freeze(files, True):
             pytest.skip("cannot make files unwritable here")
@@ -383,11 +384,15 @@ def test_an_unwritable_database_mid_turn_fails_the_turn_and_the_worker_recovers(
         finally:
             _freeze(files, False)
         _wait(lambda: w.client.get("/health").json()["ready"])
+
         # both turns were marked failed with the reason once the database took the write; the queue moved on
-        for sid, turn in ((first, running), (second, queued)):
-            reply = next(t for t in _wait(lambda sid=sid: w.client.get(f"/sessions/{sid}").json()["turns"]) if t["id"] == turn)
-            _wait(lambda sid=sid, turn=turn: w.client.get(f"/sessions/{sid}").json()["turns"][-1]["status"] == "error")
-            errors = [e for e in w.events(sid) if e["type"] == "turn_error" and e["turn"] == turn]
+        def failed(turn: int) -> dict[str, Any] | None:
+            listed = w.client.get(f"/sessions/{first}").json()["turns"]
+            return next((t for t in listed if t["id"] == turn and t["status"] == "error"), None)
+
+        for turn in (running, queued):
+            reply = _wait(lambda turn=turn: failed(turn))
+            errors = [e for e in w.events(first) if e["type"] == "turn_error" and e["turn"] == turn]
             assert len(errors) == 1 and errors[0]["data"]["error"], reply
         after = w.say(second, "And now?")["assistant_turns"][0]
         w.wait_idle(second)

@@ -212,3 +212,31 @@ def test_a_prompt_longer_than_the_context_is_a_400(api) -> None:  # type: ignore
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=name, messages=[{"role": "user", "content": "word " * 6000}], stream=True)
     assert caught.value.body["code"] == "context_length_exceeded" and "2048" in caught.value.body["message"]
+
+
+def test_langchain_chat_openai_works_unchanged(api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """LangChain's ``ChatOpenAI`` with only a base URL: the same greedy text as the ``openai`` client, whole and
+    streamed, and the extension passed through ``extra_body`` reaches the worker (the capped request is stored with
+    the cap it asked for)."""
+    monkeypatch.setenv("LANGSMITH_TRACING", "false")  # nothing may leave the machine
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_openai import ChatOpenAI
+
+    worker, client, name = api
+    cap = {"persona_space": {"cap": {"percentile": 50}}}
+    llm = ChatOpenAI(
+        base_url=worker.url + "/v1", api_key="unused", model=name, temperature=0, max_tokens=10, seed=5, max_retries=0,
+        extra_body=cap,
+    )  # fmt: skip
+    messages = [SystemMessage(HELLO[0]["content"]), HumanMessage(HELLO[1]["content"])]
+    reply = llm.invoke(messages)
+    expected = (
+        client.chat.completions.create(model=name, messages=HELLO, temperature=0, max_tokens=10, seed=5, extra_body=cap)
+        .choices[0]
+        .message.content
+    )
+    assert reply.content == expected and reply.response_metadata["finish_reason"] in ("stop", "length")
+    assert "".join(str(part.content) for part in llm.stream(messages)) == expected
+    api_sessions = [s for s in worker.client.get("/sessions").json()["sessions"] if s["kind"] == "api"]
+    newest = worker.client.get(f"/sessions/{max(api_sessions, key=lambda s: s['created'])['id']}").json()
+    assert newest["controls"]["cap_enabled"] is True and newest["controls"]["cap_percentile"] == 50

@@ -216,3 +216,15 @@ def test_serve_with_an_empty_db_path_refuses_instead_of_opening_the_shared_defau
         err = capsys.readouterr().err
         assert "--db needs a file path" in err and "Traceback" not in err
     assert not (tmp_path / "cache").exists()
+
+
+def test_serve_refuses_a_batch_rows_out_of_range_before_loading(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``serve --batch-rows`` takes 1-16: 0 or 17 is one line naming the flag, before any model loads."""
+    from backend.cli import main
+
+    monkeypatch.setenv("PERSONA_SPACE_CACHE", str(tmp_path / "cache"))
+    for bad in ("0", "17", "-3"):
+        assert main(["serve", "--batch-rows", bad, "--model", "no-such-model"]) == 2
+        err = capsys.readouterr().err
+        assert "--batch-rows must be 1-16" in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()

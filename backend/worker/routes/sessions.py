@@ -87,20 +87,21 @@ def _with_partner(job: Job) -> list[Job]:
 
 
 def queue_positions(engine: Engine, sid: str) -> dict[str, int]:
-    """The session's queued turns (as strings, JSON's keys) -> how many jobs run before each starts (the running
-    one included), as ``queue_position`` counts them when a message is posted."""
+    """The session's queued turns (as strings, JSON's keys) -> how many jobs are ahead of each (the running ones
+    included), as ``queue_position`` counts them when a message is posted."""
     with engine.cond:
-        ahead = 1 if engine.running is not None else 0
+        ahead = len(engine.running_jobs())  # the rows of the running batch, or the one running turn
         return {
             str(j.turn_id): ahead + i for i, job in enumerate(engine.jobs) if job.session_id == sid for j in _with_partner(job)
         }
 
 
 def stop_running(engine: Engine, sid: str) -> list[int]:
-    """Stop the session's running turn (it ends ``stopped`` at its next step, with its tokens); queued ones still run."""
+    """Stop the session's running turn (it ends ``stopped`` at its next step, with its tokens); queued ones still run.
+    A session has at most one running job (its compare partner beside it), whether it runs alone or as rows of the
+    shared batch."""
     with engine.cond:
-        running = engine.running if engine.running is not None and engine.running.session_id == sid else None
-        jobs = _with_partner(running) if running is not None else []
+        jobs = [job for job in engine.running_jobs() if job.session_id == sid]  # partners included
         for job in jobs:
             job.stop.set()
     for job in jobs:  # taken from the queue but not started yet: it would end without a word
