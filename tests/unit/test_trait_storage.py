@@ -57,7 +57,9 @@ def spaces(tiny_world, tmp_path):  # type: ignore[no-untyped-def]
     for compact in (False, True):
         target = tmp_path / ("compact" if compact else "float32")
         shutil.copytree(space, target)
-        add_traits(target, plain.manifest["model"]["fingerprint"], _trait_set(["calm", "blunt", "witty"]), vectors, compact=compact)
+        add_traits(
+            target, plain.manifest["model"]["fingerprint"], _trait_set(["calm", "blunt", "witty"]), vectors, compact=compact
+        )
         out[compact] = target
     return out, vectors
 
