@@ -1,8 +1,6 @@
-"""Numpy-only geometry of trait vectors at one layer, for the torch-free view of a space (``backend.view.traits``):
-cosines with a direction, scalar projections on a unit direction, and a small PCA whose fit can place other rows.
-
-(``backend.maths.pca`` does the persona space's own PCA with torch inputs; the view must not import torch.)
-"""
+"""Numpy-only maths of the trait space at one layer: cosines of trait vectors with a direction, the trait space's
+own PCA (fitted on chosen rows, every row placed with the same fit), and projections on a unit direction. No torch,
+so the torch-free view of a space (:mod:`backend.view.traits`) can use it."""
 
 from __future__ import annotations
 
@@ -11,59 +9,49 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _unit(direction: np.ndarray) -> np.ndarray:
-    d = np.asarray(direction, dtype=np.float64)
-    norm = float(np.linalg.norm(d))
-    if not np.isfinite(norm) or norm <= 1e-12:
-        raise ValueError("cannot use a zero-length direction")
-    return d / norm
+def unit(vector: np.ndarray) -> np.ndarray:
+    """``vector`` ``(d,)`` scaled to length 1 (float64); a zero vector is refused."""
+    v = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError("a zero or non-finite vector has no direction")
+    return v / norm
 
 
-def cosines_with(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """``cos(v_i, direction)`` for each row of ``vectors`` ``(n, d)``; a zero row has cosine 0."""
+def row_cosines(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``(n, d)`` ``vectors`` with ``direction`` ``(d,)``; a zero row gets 0."""
     x = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1)
-    dots = x @ _unit(direction)
-    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 1e-12)
+    dots = x @ unit(direction)
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
-def project_on(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """Scalar projection ``v_i . direction / |direction|`` of each row of ``vectors`` ``(n, d)`` (or of one ``(d,)``)."""
-    return np.asarray(vectors, dtype=np.float64) @ _unit(direction)
+def projections(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Scalar projection of each row of ``(n, d)`` ``vectors`` on the unit ``direction`` ``(d,)``."""
+    return np.asarray(vectors, dtype=np.float64) @ unit(direction)
 
 
 @dataclass(frozen=True)
-class SmallPCA:
-    """Principal components of some rows, centred on their mean; ``transform`` places any row with the same fit."""
-
-    mean: np.ndarray  # (d,)
-    components: np.ndarray  # (k, d), orthonormal rows, each with its largest-magnitude loading positive
-    variance_ratio: np.ndarray  # (k,), share of the fitted rows' total variance
-
-    def transform(self, vectors: np.ndarray, k: int) -> np.ndarray:
-        """Coordinates ``(n, k)``; columns past the components the fit has are zeros (e.g. 3D from 3 rows)."""
-        x = np.asarray(vectors, dtype=np.float64)
-        coords = (x - self.mean) @ self.components[:k].T
-        if coords.shape[1] < k:
-            coords = np.hstack([coords, np.zeros((x.shape[0], k - coords.shape[1]))])
-        return coords
+class TraitPCA:
+    coords: np.ndarray  # (n, k): every row, placed with the fit
+    variance_ratio: np.ndarray  # (k,): share of the fitted rows' variance per component
+    components: np.ndarray  # (k, d), orthonormal rows
 
 
-def fit_small_pca(vectors: np.ndarray, k: int) -> SmallPCA:
-    """The leading ``k`` principal components of ``vectors`` ``(n >= 2, d)`` (SVD of the centred rows; at most
-    ``n - 1`` components carry variance, so at most that many are kept)."""
+def fitted_pca(vectors: np.ndarray, fit: np.ndarray, k: int = 3) -> TraitPCA:
+    """PCA of the rows of ``(n, d)`` ``vectors`` where the boolean ``fit`` ``(n,)`` holds, centred on their mean,
+    ``k`` components at most (fewer when the fitted rows span fewer); every row is placed with that fit. Each
+    component's sign makes its largest-magnitude loading positive, so a rebuilt space draws the same map."""
     x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"PCA needs an (n >= 2, d) matrix, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("PCA input contains NaN or inf")
-    mean = x.mean(axis=0)
-    _, sing, vt = np.linalg.svd(x - mean, full_matrices=False)
-    keep = min(k, x.shape[0] - 1, vt.shape[0])
-    comps = vt[:keep].copy()
-    for i in range(keep):
+    chosen = x[np.asarray(fit, dtype=bool)]
+    if chosen.shape[0] < 2:
+        raise ValueError(f"a PCA needs at least 2 fitted rows, got {chosen.shape[0]}")
+    mean = chosen.mean(0)
+    _, sing, vt = np.linalg.svd(chosen - mean, full_matrices=False)
+    k = min(k, chosen.shape[0] - 1, vt.shape[0])
+    comps = vt[:k].copy()
+    for i in range(k):
         if comps[i, np.argmax(np.abs(comps[i]))] < 0:
             comps[i] *= -1
-    total = float((sing**2).sum())
-    ratio = sing[:keep] ** 2 / total if total > 0 else np.zeros(keep)
-    return SmallPCA(mean=mean, components=comps, variance_ratio=ratio)
+    total = float((sing**2).sum()) or 1.0
+    return TraitPCA(coords=(x - mean) @ comps.T, variance_ratio=sing[:k] ** 2 / total, components=comps)
