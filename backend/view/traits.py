@@ -47,7 +47,7 @@ def _traits(view: SpaceView) -> tuple[list[str], np.ndarray, dict[str, dict[str,
 def trait_summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
     """``{"layer", "target_layer", "n_layers", "model", "traits": [...], "pca_variance", "pca_fit", "dropped"}``;
     each trait: ``name, description, opposite, weak, axis_cosine, pc_cosines, pca_2d, pca_3d`` (the PCA places are
-    None when fewer than two traits can be fitted). Raises :class:`NoTraits` for a space without traits."""
+    None when fewer than two traits can be fitted, and 0 on a component the fitted traits do not span). Raises :class:`NoTraits` for a space without traits."""
     names, tensor, entries = _traits(view)
     chosen = _layer(view, layer)
     vectors = tensor[:, chosen].astype(np.float64)
@@ -63,7 +63,7 @@ def trait_summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
         coords, variance = pca.coords, [float(v) for v in pca.variance_ratio]
     traits = []
     for i, name in enumerate(names):
-        place = [float(x) for x in coords[i]] if coords is not None else None
+        place = [*(float(x) for x in coords[i]), 0.0, 0.0][:3] if coords is not None else None
         traits.append(
             {
                 "name": name,

@@ -13,9 +13,13 @@ from backend.worker.state import State, WorkerState
 
 router = APIRouter()
 
-NO_TRAITS = {404: {"model": Problem, "description": "the space has no traits (the message says how to build them)"}}
-UNKNOWN = {404: {"model": Problem, "description": "the space has no traits, or none of that name"}}
-BAD_LAYER = {422: {"model": Problem, "description": "a layer the model does not have"}}
+NO_TRAITS: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "the space has no traits (the message says how to build them)"}
+}
+UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "the space has no traits, or none of that name"}
+}
+BAD_LAYER: dict[int | str, dict[str, Any]] = {422: {"model": Problem, "description": "a layer the model does not have"}}
 
 
 def _at_layer(state: WorkerState, layer: int | None) -> dict[str, Any]:
