@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from app.charts import BOTTOM_LEGEND
 
 TOP_COLOR, BOTTOM_COLOR, ASSISTANT_COLOR = "#4c78a8", "#e45756", "#b8860b"
-COSINE_SCALE = {"colorscale": "RdBu", "cmin": -1.0, "cmax": 1.0, "cmid": 0.0}  # blue: the Assistant end, as the map
+ASSISTANT_BLUE = "RdBu"  # blue: the Assistant end, red: the role-play end, as on the persona-space map
 BAR_PX = 16  # height of one bar, so every trait's name has a row of its own
 
 
@@ -43,6 +43,12 @@ def trait_hover(trait: dict[str, Any]) -> str:
     )
 
 
+def cosine_scale(data: dict[str, Any]) -> dict[str, Any]:
+    """A colour scale symmetric about 0 that spans the traits' cosines with the axis (0 stays white)."""
+    reach = max([abs(t["axis_cosine"]) for t in data["traits"]] + [0.05])
+    return {"colorscale": ASSISTANT_BLUE, "cmin": -reach, "cmax": reach, "cmid": 0.0}
+
+
 def ranked(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The traits from the Assistant end (highest cosine with the axis) to the role-play end."""
     return sorted(data["traits"], key=lambda t: t["axis_cosine"], reverse=True)
@@ -52,10 +58,11 @@ def trait_bars(data: dict[str, Any], highlight: str | None = None) -> go.Figure:
     """One bar per trait (a single trace: its bars are the traits), the Assistant end at the top."""
     traits = ranked(data)
     values = [t["axis_cosine"] for t in traits]
+    scale = cosine_scale(data)
     fig = go.Figure(
         go.Bar(
             x=values, y=[trait_label(t) for t in traits], orientation="h", name="traits",
-            marker={"color": values, **COSINE_SCALE, "line": {"width": [2 if t["name"] == highlight else 0 for t in traits],
+            marker={"color": values, **scale, "line": {"width": [2 if t["name"] == highlight else 0 for t in traits],
                                                               "color": "black"},
                     "pattern": {"shape": ["/" if t.get("weak") else "" for t in traits], "fgcolor": "#444"}},
             hovertext=[trait_hover(t) for t in traits], hoverinfo="text", customdata=[t["name"] for t in traits],
@@ -68,8 +75,9 @@ def trait_bars(data: dict[str, Any], highlight: str | None = None) -> go.Figure:
                            showarrow=False, yshift=4)  # fmt: skip
     fig.add_vline(x=0, line_width=1, line_color="#888")
     fig.update_layout(
-        title=f"{len(traits)} traits by cosine with the Assistant Axis at layer {data['layer']}"
-        + (f" (* hatched: {weak} weak)" if weak else ""),
+        title=f"Traits by cosine with the Assistant Axis<br><sup>layer {data['layer']} · {len(traits)} traits"
+        + (f", {weak} weak (hatched, *)" if weak else "")
+        + "</sup>",
         height=max(320, BAR_PX * len(traits) + 150), template="plotly_white", showlegend=False,
         margin={"l": 140, "r": 20, "t": 80, "b": 60}, bargap=0.15,
     )  # fmt: skip
@@ -83,6 +91,7 @@ def trait_map(data: dict[str, Any], dims: int = 2, highlight: str | None = None)
     key = "pca_3d" if dims == 3 else "pca_2d"
     placed = [t for t in data["traits"] if t.get(key) is not None]
     scatter: Any = go.Scatter3d if dims == 3 else go.Scatter
+    scale = cosine_scale(data)
     fig = go.Figure()
     for i, (label, group, symbol) in enumerate(
         (
@@ -93,8 +102,8 @@ def trait_map(data: dict[str, Any], dims: int = 2, highlight: str | None = None)
         if not group and i:
             continue
         pts, colours = [t[key] for t in group], [t["axis_cosine"] for t in group]
-        outline = {"width": 1.5, "color": colours, **COSINE_SCALE} if i else {"width": 0}
-        marker = {"size": (8 if dims == 2 else 4) + 2 * i, "symbol": symbol, "color": colours, **COSINE_SCALE,
+        outline = {"width": 1.5, "color": colours, **scale} if i else {"width": 0}
+        marker = {"size": (8 if dims == 2 else 4) + 2 * i, "symbol": symbol, "color": colours, **scale,
                   "showscale": i == 0, "colorbar": {"title": "cosine with<br>the axis"}, "line": outline}  # fmt: skip
         coords = {"x": [p[0] for p in pts], "y": [p[1] for p in pts]} | ({"z": [p[2] for p in pts]} if dims == 3 else {})
         fig.add_trace(scatter(**coords, mode="markers", marker=marker, name=label, hoverinfo="text",
@@ -111,7 +120,7 @@ def trait_map(data: dict[str, Any], dims: int = 2, highlight: str | None = None)
     titles = [f"trait PC{i + 1}" + (f" ({variance[i]:.0%})" if i < len(variance) else "") for i in range(3)]
     fit = "the non-weak traits" if data.get("pca_fit") == "non-weak" else "every trait"
     fig.update_layout(
-        title=f"Trait space at layer {data['layer']}: PCA of {len(placed)} trait vectors (fitted on {fit})",
+        title=f"Trait space (PCA of the trait vectors)<br><sup>layer {data['layer']} · {len(placed)} traits · fitted on {fit}</sup>",
         height=600, template="plotly_white", legend=BOTTOM_LEGEND,
         margin={"l": 10, "r": 10, "t": 50, "b": 50} if dims == 3 else {"l": 60, "r": 10, "t": 50, "b": 100},
     )  # fmt: skip
@@ -151,7 +160,7 @@ def archetype_bars(data: dict[str, Any], n: int = 15) -> go.Figure:
                        font={"color": ASSISTANT_COLOR}, yshift=4)  # fmt: skip
     count = len(top) + len(bottom)
     fig.update_layout(
-        title=f"Archetypes projected on “{data['trait']}” at layer {data['layer']} (top and bottom {len(top)})",
+        title=f"Archetypes projected on “{data['trait']}”<br><sup>layer {data['layer']} · the top and bottom {len(top)}</sup>",
         height=max(320, BAR_PX * count + 190), template="plotly_white", legend=BOTTOM_LEGEND, bargap=0.15,
         margin={"l": 140, "r": 20, "t": 80, "b": 100},
     )  # fmt: skip
