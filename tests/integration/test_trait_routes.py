@@ -87,3 +87,16 @@ def test_bad_requests_are_clear_4xx(trait_worker, worker) -> None:  # type: igno
     spec = trait_worker.client.get("/openapi.json").json()["paths"]
     assert {"404", "422"} <= set(spec["/traits"]["get"]["responses"])
     assert {"404", "422"} <= set(spec["/traits/{name}/archetypes"]["get"]["responses"])
+
+
+def test_the_traits_page_over_the_real_worker(trait_worker) -> None:  # type: ignore[no-untyped-def]
+    from app.client import WorkerClient
+    from tests.helpers.app_pages import page
+
+    at = page("traits", WorkerClient(trait_worker.url)).run()
+    assert not at.exception, at.exception
+    assert sorted(at.selectbox(key="traits_choice").options) == sorted(TRAITS)
+    assert len(at.get("plotly_chart")) == 3
+    at.slider(key="traits_layer").set_value(0).run()
+    assert not at.exception, at.exception
+    assert "layer 0" in " ".join(c.value for c in at.caption)
