@@ -9,6 +9,7 @@ the traits are the space's ``trait_vectors`` tensor and ``trait_set`` field (see
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,26 +89,48 @@ def trait_summary(view: SpaceView, layer: int | None = None) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ArchetypeTable:
+    """Every kept archetype projected on every trait at one layer: ``values`` ``(T, R)``, ``assistant`` ``(T,)``."""
+
+    layer: int
+    traits: list[str]
+    entries: dict[str, dict[str, Any]]
+    roles: list[dict[str, Any]]  # name, category, weak, in the order of the columns of ``values``
+    values: np.ndarray
+    assistant: np.ndarray
+
+    def for_trait(self, name: str) -> dict[str, Any]:
+        """The archetypes on trait ``name``, highest first, and the default Assistant's projection."""
+        if name not in self.traits:
+            raise UnknownTrait(f"the space has no vector for trait {name!r} (it has {len(self.traits)} traits)")
+        i = self.traits.index(name)
+        rows = [{**role, "projection": float(v)} for role, v in zip(self.roles, self.values[i], strict=True)]
+        rows.sort(key=lambda r: r["projection"], reverse=True)
+        return {
+            "trait": name,
+            "description": self.entries[name].get("description", ""),
+            "weak": bool(self.entries[name].get("weak")),
+            "layer": self.layer,
+            "archetypes": rows,
+            "assistant": float(self.assistant[i]),
+        }
+
+
+def archetype_table(view: SpaceView, layer: int | None = None) -> ArchetypeTable:
+    """Every kept archetype's role vector, and the default Assistant's vector, projected on each unit trait vector
+    at ``layer`` (default the target layer). Raises :class:`NoTraits`."""
+    names, tensor, entries = _traits(view)
+    chosen = _layer(view, layer)
+    roles = view.arrays["role_vectors"][:, chosen]
+    default = view.arrays["default_vector"][chosen][None, :]
+    values = np.stack([projections(roles, tensor[i, chosen]) for i in range(len(names))])
+    assistant = np.array([projections(default, tensor[i, chosen])[0] for i in range(len(names))])
+    kept = [{"name": r["name"], "category": r.get("category", ""), "weak": bool(r.get("weak"))} for r in view.roles]
+    return ArchetypeTable(chosen, names, entries, kept, values, assistant)
+
+
 def trait_archetypes(view: SpaceView, name: str, layer: int | None = None) -> dict[str, Any]:
     """Every kept archetype's role vector projected on the unit vector of trait ``name`` at ``layer`` (default the
     target layer), highest first, and the default Assistant's projection. Raises :class:`UnknownTrait`."""
-    names, tensor, entries = _traits(view)
-    chosen = _layer(view, layer)
-    if name not in names:
-        raise UnknownTrait(f"the space has no vector for trait {name!r} (it has {len(names)} traits)")
-    direction = tensor[names.index(name), chosen]
-    values = projections(view.arrays["role_vectors"][:, chosen], direction)
-    rows = [
-        {"name": r["name"], "category": r.get("category", ""), "weak": bool(r.get("weak")), "projection": float(values[i])}
-        for i, r in enumerate(view.roles)
-    ]
-    rows.sort(key=lambda r: r["projection"], reverse=True)
-    assistant = float(projections(view.arrays["default_vector"][chosen][None, :], direction)[0])
-    return {
-        "trait": name,
-        "description": entries[name].get("description", ""),
-        "weak": bool(entries[name].get("weak")),
-        "layer": chosen,
-        "archetypes": rows,
-        "assistant": assistant,
-    }
+    return archetype_table(view, layer).for_trait(name)

@@ -31,17 +31,16 @@ def _at_layer(state: WorkerState, layer: int | None) -> dict[str, Any]:
         )
     if chosen not in state.trait_cache:
         from backend.view.space import SpaceViewError, read_space
-        from backend.view.traits import NoTraits, trait_archetypes, trait_summary
+        from backend.view.traits import NoTraits, archetype_table, trait_summary
 
         try:
             view = read_space(engine.space.path)
-            summary = trait_summary(view, chosen)
+            summary, table = trait_summary(view, chosen), archetype_table(view, chosen)
         except NoTraits as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
         except SpaceViewError as exc:  # the space's files changed on disk since the worker started
             raise HTTPException(status_code=503, detail=str(exc)) from exc
-        by_name = {t["name"]: trait_archetypes(view, t["name"], chosen) for t in summary["traits"]}
-        state.trait_cache[chosen] = {"summary": summary, "archetypes": by_name}
+        state.trait_cache[chosen] = {"summary": summary, "archetypes": table}  # a (traits, archetypes) table: small
     return state.trait_cache[chosen]
 
 
@@ -56,7 +55,9 @@ def trait_archetypes(
     name: Annotated[str, Path(min_length=1, max_length=200)],
     layer: Annotated[int | None, Query(ge=0, le=10_000)] = None,
 ) -> dict[str, Any]:
-    found = _at_layer(state, layer)["archetypes"]
-    if name not in found:
-        raise HTTPException(status_code=404, detail=f"the space has no vector for trait {name!r} (it has {len(found)} traits)")
-    return dict(found[name])
+    from backend.view.traits import UnknownTrait
+
+    try:
+        return _at_layer(state, layer)["archetypes"].for_trait(name)
+    except UnknownTrait as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
