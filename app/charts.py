@@ -153,3 +153,10 @@ def trajectory(conv: Conversation, summary: dict[str, Any]) -> go.Figure:
 def standalone_html(fig: go.Figure) -> str:
     """The figure as one HTML file that needs no network: plotly.js is embedded, never loaded from a CDN."""
     return str(fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def charts_html(figs: list[go.Figure], title: str) -> str:
+    """Several figures as one HTML file that needs no network: plotly.js is embedded once, never loaded from a CDN."""
+    parts = [str(fig.to_html(include_plotlyjs=i == 0, full_html=False)) for i, fig in enumerate(figs)]
+    head = f"<head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+    return f"<!DOCTYPE html><html>{head}<body>" + "".join(parts) + "</body></html>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -43,6 +44,15 @@ class WorkerClient:
 
     def space(self, layer: int | None = None) -> dict[str, Any]:
         return dict(self._call("GET", "/space", params={} if layer is None else {"layer": layer}))
+
+    def traits(self, layer: int | None = None) -> dict[str, Any]:
+        """The space's traits at ``layer`` (default the target layer); WorkerError when the space has none."""
+        return dict(self._call("GET", "/traits", params={} if layer is None else {"layer": layer}))
+
+    def trait_archetypes(self, name: str, layer: int | None = None) -> dict[str, Any]:
+        """Every archetype projected on trait ``name`` at ``layer``, highest first, and the default Assistant's."""
+        params = {} if layer is None else {"layer": layer}
+        return dict(self._call("GET", f"/traits/{quote(name, safe='')}/archetypes", params=params))
 
     def create_session(
         self, system: str | None = None, controls: dict[str, Any] | None = None, title: str | None = None

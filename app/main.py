@@ -21,5 +21,6 @@ pages = [
     st.Page(str(ROOT / "app" / "views" / "transcripts.py"), title="Transcripts", url_path="transcripts"),
     st.Page(str(ROOT / "app" / "views" / "demo.py"), title="Demo", url_path="demo"),
     st.Page(str(ROOT / "app" / "views" / "cap_tuning.py"), title="Cap tuning", url_path="cap-tuning"),
+    st.Page(str(ROOT / "app" / "views" / "traits.py"), title="Traits", url_path="traits"),
 ]
 st.navigation(pages).run()

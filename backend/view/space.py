@@ -77,7 +77,20 @@ def read_space(path: str | Path) -> SpaceView:
     problem = check_shapes(manifest, {name: tuple(x.shape) for name, x in arrays.items()})
     if problem is not None:
         raise SpaceViewError(f"{file} does not fit its manifest: {problem}")
+    expand_compact_traits(arrays, file)
     return SpaceView(path=root, manifest=manifest, arrays=arrays)
+
+
+def expand_compact_traits(arrays: dict[str, np.ndarray], file: Path) -> None:
+    """Compact traits (``trait_vectors_int8`` with ``trait_vectors_scale``, :mod:`backend.maths.quantize`) become the
+    float32 ``trait_vectors`` every reader uses, in place; the loader checked them when the worker started, so a
+    pair that does not fit now was edited since."""
+    if "trait_vectors_int8" not in arrays:
+        return
+    q, scale = arrays.pop("trait_vectors_int8"), arrays.pop("trait_vectors_scale", None)
+    if scale is None or q.dtype != np.int8 or scale.shape != q.shape[:-1] or not np.isfinite(scale).all():
+        raise SpaceViewError(f"{file} holds compact trait vectors that do not fit together (edited since it was built?)")
+    arrays["trait_vectors"] = q.astype(np.float32) * scale.astype(np.float32)[..., None]
 
 
 def axis_first(

@@ -48,7 +48,7 @@ from backend.worker.importer import Importer
 from backend.worker.openai_errors import OpenAIErrors
 from backend.worker.openai_shapes import parse_cap_flag
 from backend.worker.problems import add_error_handlers
-from backend.worker.routes import controls, events, openai, sessions, status, transfer
+from backend.worker.routes import controls, events, openai, sessions, status, traits, transfer
 from backend.worker.state import WorkerState
 
 log = logging.getLogger("persona_space.worker")
@@ -86,7 +86,7 @@ def create_app(state: WorkerState, token: str | None = None) -> FastAPI:
     app.add_middleware(Gate, token=token)  # nothing is read before the caller is let in
     app.add_middleware(OpenAIErrors)  # outermost: every error of /v1 in OpenAI's shape, the Gate's too
     add_error_handlers(app)
-    for group in (status, sessions, controls, transfer, events, openai):
+    for group in (status, traits, sessions, controls, transfer, events, openai):
         app.include_router(group.router)
     return app
 

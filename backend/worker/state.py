@@ -31,6 +31,7 @@ class WorkerState:
     error: str | None = None
     started: float = field(default_factory=time.time)
     space_cache: dict[int, dict[str, Any]] = field(default_factory=dict)
+    trait_cache: dict[int, dict[str, Any]] = field(default_factory=dict)  # layer -> summary and archetypes per trait
     probed: float = 0.0
 
     def need_engine(self) -> Engine:
