@@ -12,9 +12,9 @@ forward pass over the next token and to everything sampled after it, and the loo
 the token index. Every token event carries the controls version that was in force for the forward pass over that
 token. The queue's items are in :mod:`backend.worker.jobs`.
 
-A transcript projection (``POST /project``) is queued as a :class:`backend.worker.jobs.Projection` and read a slice
-at a time (:data:`PROJECTION_SLICE_TOKENS` positions, a fraction of a second for the embedded model on two cores)
-between steps: a slice runs once the batch's steps since the last slice took as long as that slice did (one job at a
+A transcript projection (``POST /project``, :mod:`backend.worker.projection_queue`) is queued as a
+:class:`backend.worker.jobs.Projection` and read a slice at a time (``PROJECTION_SLICE_TOKENS`` positions, a fraction
+of a second for the embedded model on two cores) between steps: a slice runs once the batch's steps since the last slice took as long as that slice did (one job at a
 time: after each slice a queued turn runs first, and after each turn the next slice), so neither starves the other.
 Before each slice a projection whose client went away or whose deadline passed is dropped.
 
@@ -51,7 +51,8 @@ from backend.view.cap_preset import default_cap
 from backend.worker.batch import MAX_ROWS, Running
 from backend.worker.db import Database
 from backend.worker.imports import describe
-from backend.worker.jobs import Call, Conflict, ControlError, Job, Overdue, Projection, ShuttingDown
+from backend.worker.jobs import Call, Conflict, ControlError, Job, Projection, ShuttingDown
+from backend.worker.projection_queue import ProjectionQueue
 from backend.worker.schemas import Controls, ControlsPatch, WindowError, fit_controls
 from backend.worker.steering import Steering
 from backend.worker.turn import run_turn
@@ -64,15 +65,10 @@ log = logging.getLogger("persona_space.worker")
 # step ~2 ms less than a two-row one, so the small ones come first.
 COMPILED_SHAPES = ((1, 512), (2, 512), (1, 1024), (2, 1024))
 
-# Positions of a transcript read per slice of a projection: the embedded model reads 128 in ~0.3-1 s on one busy core
-# (up to its target layer, later slices attending to more cached positions), against ~15 s for a 4,096-token pass in
-# one go; read in pieces, a pass costs 10-25% more in all.
-PROJECTION_SLICE_TOKENS = 128
-
 STEP = object()  # _next_job's answer when the running batch should take one step
 
 
-class Engine:
+class Engine(ProjectionQueue):
     def __init__(
         self, loaded: LoadedModel, space: Space, db: Database, threads: int | None = None, compile: bool = False,
         api_cap: str = "default", batch_rows: int = MAX_ROWS,
@@ -382,47 +378,6 @@ class Engine:
             with self.cond:
                 self.running = None
 
-    def _slice(self, projection: Projection) -> None:
-        """One slice of ``projection`` (its planning first), then back to the end of the queue until it is read."""
-        why = projection.cancelled
-        if why is None and time.monotonic() > projection.deadline:
-            why = "its deadline passed"
-        if why is not None:
-            log.info("a projection was dropped (%s) %s", why, projection.progress())
-            with self.cond:
-                self.projecting = None
-            self._drop(projection, self._overdue(projection) if projection.cancelled is None else PersonaSpaceError(why))
-            return
-        try:
-            with self.model_lock, torch.inference_mode():
-                if projection.reading is None:
-                    projection.reading = projection.begin()
-                elif projection.reading.step():
-                    projection.result = projection.reading.result()
-        except Exception as exc:  # the caller re-raises it (a transcript that cannot be read: 400)
-            projection.error = exc
-        with self.cond:
-            self.projecting = None
-            if projection.result is None and projection.error is None:
-                if not self.closed:
-                    self.projections.append(projection)
-                    return
-                projection.error = ShuttingDown("the worker is shutting down; nothing was kept")
-        projection.done.set()
-
-    @staticmethod
-    def _overdue(projection: Projection) -> Overdue:
-        return Overdue(
-            f"the projection ran past its deadline of {projection.seconds:g} s {projection.progress()}; nothing was "
-            "kept. Ask for a longer deadline (up to 3600 s), project a shorter transcript, or use "
-            "`python -m backend project-transcript`"
-        )
-
-    @staticmethod
-    def _drop(projection: Projection, error: BaseException) -> None:
-        projection.error, projection.reading = error, None  # frees its cache
-        projection.done.set()
-
     def _compile_steps(self) -> None:
         """Compile the decode step for each shape in turn; each serves from the moment it is ready."""
         from backend.models.loading import cache_dir
@@ -506,51 +461,3 @@ class Engine:
             n, self.n_layers, int(self.axis.shape[1]), cap_directions=self.axis, steer_vectors=self.steer_vectors,
             monitor=(self.target, self.axis[self.target]), capture_layer=self.target, device=device,
         )  # fmt: skip
-
-    def submit_projection(
-        self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False,
-        deadline: float = 300.0,
-    ) -> Projection:  # fmt: skip
-        """Queue the projection of a transcript (any accepted format), to be read a slice at a time between turns
-        and dropped once ``deadline`` seconds have passed; wait on its ``done``."""
-        from backend.reading.transcripts import Reading, parse_transcript
-
-        transcript = parse_transcript(data)  # a malformed transcript is refused here, without queueing
-
-        def begin() -> Reading:
-            return Reading(
-                self.loaded, self.space, transcript, layer, window=window, history=history, tokens=tokens,
-                slice_tokens=PROJECTION_SLICE_TOKENS,
-            )  # fmt: skip
-
-        projection = Projection(begin, time.monotonic() + deadline, deadline)
-        with self.cond:
-            if self.closed:
-                raise ShuttingDown("the worker is shutting down")
-            self.projections.append(projection)
-            self.cond.notify_all()
-        return projection
-
-    def projection_work(self) -> dict[str, int]:
-        """The projections queued or being read, and the tokens they have left to read (for /health)."""
-        with self.cond:
-            queued = list(self.projections) + ([self.projecting] if self.projecting is not None else [])
-        return {"queued": len(queued), "tokens_left": sum(p.tokens_left for p in queued)}
-
-    def project(
-        self, data: Any, layer: int | None, *, window: int | None = None, history: float = 0.5, tokens: bool = False,
-        deadline: float = 300.0,
-    ) -> dict[str, Any]:  # fmt: skip
-        """:meth:`submit_projection`, waiting for the result (read on this thread when the generation thread is not
-        running)."""
-        projection = self.submit_projection(data, layer, window=window, history=history, tokens=tokens, deadline=deadline)
-        while not self.thread.is_alive() and not projection.done.is_set():
-            with self.cond:
-                if projection in self.projections:
-                    self.projections.remove(projection)
-            self._slice(projection)
-        projection.done.wait()
-        if projection.error is not None:
-            raise projection.error
-        assert projection.result is not None
-        return projection.result
