@@ -7,7 +7,7 @@ re-imports itself, and sends hostile requests. Beside them, API clients call ``P
 refuse: ``n > 1``, ``tools``, bad messages, NaN). Then every stored reply is checked (API requests too): a finished status, and its
 text equal to its token events. Separately, ``GET /sessions/{id}`` latency is measured with and without 100 idle
 event followers connected, and while a 19 MB session export is imported (all once the map is built). The last line is JSON: ``requests``, ``errors_5xx`` (target 0), ``turns_done``,
-``turns_lost`` (target 0), ``api_requests``, ``api_refused_ok`` (refusals in OpenAI's error shape), ``p95_ms`` (GET /sessions/{id} under the idle followers, target <= 50).
+``turns_lost`` (target 0), ``api_requests``, ``api_completed``, ``api_failed`` (target 0), ``api_refused_ok`` (refusals in OpenAI's error shape), ``p95_ms`` (GET /sessions/{id} under the idle followers, target <= 50).
 
     python bench/soak.py --quick      # 6 sessions and 2 API clients for 60 s, 100 followers
 """
@@ -80,6 +80,8 @@ class Stats:
         self.errors_5xx: list[str] = []
         self.hostile_accepted: list[str] = []
         self.api_requests = 0
+        self.api_completed = 0  # whole replies, and streams read to their [DONE]
+        self.api_failed: list[str] = []
         self.api_refused_ok = 0
         self.api_bad_refusals: list[str] = []
 
@@ -148,9 +150,9 @@ async def session_loop(client: httpx.AsyncClient, stats: Stats, rng: random.Rand
                 stats.hostile_accepted.append(f"{method} {path} -> {r.status_code}")
 
 
-def api_body(rng: random.Random, stream: bool) -> dict[str, Any]:
+def api_body(rng: random.Random, stream: bool, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": "persona-space", "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+        "model": model, "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
         "max_tokens": rng.randint(4, 16), "stream": stream, "seed": rng.randint(0, 99),
     }  # fmt: skip
     if rng.random() < 0.5:
@@ -164,24 +166,36 @@ def api_body(rng: random.Random, stream: bool) -> dict[str, Any]:
 
 
 async def api_loop(client: httpx.AsyncClient, stats: Stats, rng: random.Random, until: float) -> None:
-    """An OpenAI-API client: completions streamed and not, a stream dropped now and then, requests to refuse."""
+    """An OpenAI-API client: completions streamed and not, a stream dropped now and then, requests to refuse. A
+    completion that should have been served and was not (any status but 200) counts in ``api_failed``."""
+    model = (await stats.call(client, "GET", "/v1/models")).json()["data"][0]["id"]
     while time.time() < until:
         action = rng.random()
         stats.api_requests += 1
         if action < 0.4:
-            await stats.call(client, "POST", "/v1/chat/completions", json=api_body(rng, stream=False))
+            r = await stats.call(client, "POST", "/v1/chat/completions", json=api_body(rng, False, model))
+            if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None:
+                stats.api_completed += 1
+            else:
+                stats.api_failed.append(f"whole -> {r.status_code} {r.text[:80]}")
         elif action < 0.85:
             drop = rng.random() < 0.25
-            async with client.stream("POST", "/v1/chat/completions", json=api_body(rng, stream=True), timeout=300) as r:
+            async with client.stream("POST", "/v1/chat/completions", json=api_body(rng, True, model), timeout=300) as r:
                 stats.requests += 1
                 if r.status_code >= 500:
                     stats.errors_5xx.append(f"API stream -> {r.status_code}")
+                if r.status_code != 200:
+                    stats.api_failed.append(f"stream -> {r.status_code}")
                     continue
                 chunks = 0
                 async for line in r.aiter_lines():
                     chunks += line.startswith("data: ")
                     if drop and chunks >= 2:
                         break  # the client goes away mid-stream: its row must stop, nothing else may suffer
+                    if line.startswith('data: {"error"'):
+                        stats.api_failed.append(f"stream error chunk {line[:100]}")
+                    elif line == "data: [DONE]":
+                        stats.api_completed += 1
         else:
             body = rng.choice(API_HOSTILE)
             r = await stats.call(
@@ -291,7 +305,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "import_mb": import_mb, "import_s": import_s, "max_get_ms_during_import": import_max_get,
         "followers": args.followers, "sessions": args.sessions, "seconds": args.seconds,
         "hostile_accepted": len(stats.hostile_accepted), "first_5xx": stats.errors_5xx[:3],
-        "api_clients": args.api_clients, "api_requests": stats.api_requests, "api_refused_ok": stats.api_refused_ok,
+        "api_clients": args.api_clients, "api_requests": stats.api_requests, "api_completed": stats.api_completed,
+        "api_failed": len(stats.api_failed), "first_api_failed": stats.api_failed[:3], "api_refused_ok": stats.api_refused_ok,
         "api_bad_refusals": len(stats.api_bad_refusals), "first_api_bad_refusals": stats.api_bad_refusals[:3],
     }  # fmt: skip
 
