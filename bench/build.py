@@ -10,8 +10,9 @@ and the teacher-forced capture the served path adds on this machine, each in tok
 
 With ``--traits`` (after the above, unchanged): the trait build's generate + capture (a chunk of ``build-traits``
 answers: trait instructions over questions) vs the persona build's (a chunk of role answers), the same number of
-answers with the same ``max_new_tokens`` through the same engine, alternating; the last line is then their JSON
-(``trait_answers_per_s``, ``persona_answers_per_s``, ``ratio``).
+answers with the same ``max_new_tokens`` through the same engine, alternating, each chunk drawn evenly across its
+build's whole plan; the last line is then their JSON (``trait_answers_per_s``, ``persona_answers_per_s``, ``ratio``,
+and the chunks' mean prompt tokens).
 """
 
 from __future__ import annotations
@@ -125,7 +126,24 @@ def trait_bench(loaded, persona_units, settings: BuildSettings, rounds: int) -> 
 
     trait_settings = TraitSettings(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
     run_settings = trait_settings.executor_settings()  # what build-traits hands the engine
-    trait_units = plan_trait_units(load_traits(), load_catalogue().questions, trait_settings)[: len(persona_units)]
+    # both chunks drawn evenly across their whole plans, so their prompts are as long as the builds' own on average (the
+    # first trait's instructions are a third longer than the first chunk of roles' prompts: 55 against 41 tokens)
+    n = len(persona_units)
+    every_trait = plan_trait_units(load_traits(), load_catalogue().questions, trait_settings)
+    every_role = plan_units(load_catalogue(), settings, loaded.info.name)
+    trait_units = every_trait[:: max(1, len(every_trait) // n)][:n]
+    persona_units = every_role[:: max(1, len(every_role) // n)][:n]
+
+    def prompt_tokens(units) -> float:  # type: ignore[no-untyped-def]
+        tok = loaded.tokenizer
+        texts = [
+            tok.apply_chat_template(
+                ([{"role": "system", "content": u.system}] if u.system else []) + [{"role": "user", "content": u.text}],
+                add_generation_prompt=True, tokenize=False,
+            )
+            for u in units
+        ]  # fmt: skip
+        return statistics.mean(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
     def rate(units, run, seed: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
@@ -153,6 +171,8 @@ def trait_bench(loaded, persona_units, settings: BuildSettings, rounds: int) -> 
                 "ratio": round(statistics.median(t[0] / p[0] for t, p in zip(traits, personas, strict=True)), 4),
                 "trait_tok_s": round(statistics.median(t for _, t in traits), 2),
                 "persona_tok_s": round(statistics.median(t for _, t in personas), 2),
+                "trait_prompt_tokens": round(prompt_tokens(trait_units), 1),
+                "persona_prompt_tokens": round(prompt_tokens(persona_units), 1),
             }
         )
     )
