@@ -51,14 +51,20 @@ def health(state: State) -> dict[str, Any]:
     return out
 
 
-@router.get("/space")
-def space(state: State, layer: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
-    engine = state.need_engine()
-    chosen = engine.target if layer is None else layer
+def checked_layer(engine: Any, layer: int | None) -> int:
+    """The layer a route reads (default: the target layer), or a 422 for a layer the model does not have."""
+    chosen = int(engine.target if layer is None else layer)
     if chosen >= engine.n_layers:
         raise HTTPException(
             status_code=422, detail=f"layer {chosen} is out of range: the model has layers 0..{engine.n_layers - 1}"
         )
+    return chosen
+
+
+@router.get("/space")
+def space(state: State, layer: Annotated[int | None, Query(ge=0, le=10_000)] = None) -> dict[str, Any]:
+    engine = state.need_engine()
+    chosen = checked_layer(engine, layer)
     if chosen not in state.space_cache:
         from backend.view.space import SpaceViewError, read_space, summary
 

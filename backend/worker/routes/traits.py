@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
+from backend.worker.routes.status import checked_layer
 from backend.worker.schemas import Problem
 from backend.worker.state import State, WorkerState
 
@@ -24,11 +25,7 @@ BAD_LAYER: dict[int | str, dict[str, Any]] = {422: {"model": Problem, "descripti
 
 def _at_layer(state: WorkerState, layer: int | None) -> dict[str, Any]:
     engine = state.need_engine()
-    chosen = engine.target if layer is None else layer
-    if chosen >= engine.n_layers:
-        raise HTTPException(
-            status_code=422, detail=f"layer {chosen} is out of range: the model has layers 0..{engine.n_layers - 1}"
-        )
+    chosen = checked_layer(engine, layer)
     if chosen not in state.trait_cache:
         from backend.view.space import SpaceViewError, read_space
         from backend.view.traits import NoTraits, archetype_table, trait_summary
