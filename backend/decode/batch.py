@@ -14,14 +14,23 @@ rows (:meth:`~backend.hooks.rows.RowControls.regroup`): a control change still o
 and applies from the next step. Readouts of a row's prompt pass are in that row of :attr:`Batch.controls` right
 after :meth:`Batch.join` (read them before the next step).
 
-Eager only: the number of rows changes, and a compiled step's graph is for one batch shape. A sliding-window layer
-whose window is shorter than the cache cannot be re-laid this way (its slots roll): :meth:`Batch.join` refuses it.
+Compiled steps (``compiled``: the ready :class:`backend.decode.compiled.CompiledRows`) serve the batch whenever one
+fits: its graph is for one shape (``rows`` x ``capacity``), so the cache is then laid out in that step's own static
+cache (written in place, where the graph saw it), the rows padded to its row count with spare rows that cap nothing
+and attend to their own padding, and the cache as long as its capacity. Before each such step the shadow's row
+controls mirror :attr:`Batch.controls` (:meth:`~backend.hooks.rows.RowControls.mirror`) and after it hand back the
+step's readouts, so the rest of the batch sees the same controls either way. Where no compiled step fits (more rows,
+a longer cache, none ready yet) the step is eager, on a cache sized to what the rows need. The choice is made at
+each re-lay, and again once another compiled step becomes ready.
+
+A sliding-window layer whose window is shorter than the cache cannot be re-laid this way (its slots roll):
+:meth:`Batch.join` refuses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -31,12 +40,16 @@ from backend.errors import PersonaSpaceError
 from backend.hooks.handle import Handle
 from backend.hooks.rows import Readouts, RowControls
 
+if TYPE_CHECKING:
+    from backend.decode.compiled import CompiledRows
+
 
 class Batch:
     """Rows decoded together on one static cache; rows join (:meth:`join`) and leave (:meth:`leave`) between steps.
 
     ``make_controls(n)`` builds row controls for ``n`` rows (the batch's, and a one-row set for each prompt pass);
     ``None`` for no interventions. Rows are numbered in the order they joined, the ones that left taken out.
+    ``compiled()`` lists the compiled steps ready now (see the module; they need row controls).
     """
 
     def __init__(
@@ -47,8 +60,12 @@ class Batch:
         layers_path: str | None = None,
         pad_id: int = 0,
         bucket: int = 64,
+        compiled: Callable[[], Sequence[CompiledRows]] | None = None,
     ) -> None:
         self.model = model
+        self.compiled = compiled if make_controls is not None else None
+        self.on: CompiledRows | None = None  # the compiled step the cache is laid out for (None: eager)
+        self.seen = 0  # how many compiled steps were ready at the last re-lay
         self.layers_path = layers_path
         self.pad_id = pad_id
         self.bucket = max(1, int(bucket))  # capacity rounded up to a multiple of this
@@ -146,12 +163,32 @@ class Batch:
             raise PersonaSpaceError(f"{len(tokens)} tokens for a batch of {self.rows} rows")
         if any(n <= 0 for n in self.left):
             raise PersonaSpaceError("a row fed past its token budget: let it leave first")
-        self._attach()
+        if self.compiled is not None and len(self.compiled()) != self.seen:  # another compiled step is ready
+            self._relayout(list(range(self.rows)), None, list(self.left))
         if self.controls is not None:
             self.controls.active.fill_(1.0)  # every row in the batch is generating
-        logits = self.decoder.step(list(tokens))
+        if self.on is None:
+            self._attach()
+            logits = self.decoder.step(list(tokens))
+        else:
+            assert self.controls is not None
+            fixed = self.on.controls
+            fixed.mirror(self.controls)  # the spare rows: fresh (no cap, no steering, inactive)
+            spare = [self.pad_id] * (self.decoder.rows - self.rows)
+            logits = self.decoder.step([*tokens, *spare])[: self.rows]
+            self.controls.take_readouts(fixed)
         self.left = [n - 1 for n in self.left]
         return logits
+
+    def _fixed_shape(self, rows: int, positions: int) -> CompiledRows | None:
+        """The ready compiled step for ``rows`` rows needing ``positions`` cache positions: the smallest cache, then
+        the fewest rows (attention reads the whole cache every step); ``None``: eager."""
+        if self.compiled is None:
+            return None
+        ready = list(self.compiled())
+        self.seen = len(ready)
+        fitting = [c for c in ready if c.fits(rows, positions)]
+        return min(fitting, key=lambda c: (c.capacity, c.rows)) if fitting else None
 
     def readouts(self) -> Readouts:
         if self.controls is None:
@@ -159,9 +196,11 @@ class Batch:
         return self.controls.readouts()
 
     # -------------------------------------------------------------------------------------------------------
+    @torch.inference_mode()  # a compiled step's cache was made in inference mode (its warm-up)
     def _relayout(self, keep: list[int], joining: tuple[Any, int] | None, left: list[int]) -> None:
         """A new cache holding rows ``keep`` of the old one (then the joining row's prompt cache, if any), all
-        ending at the same slot, no leading slot that every row pads, room for ``max(left)`` more steps."""
+        ending at the same slot, no leading slot that every row pads, room for ``max(left)`` more steps; in a
+        compiled step's own cache when one fits (see the module)."""
         d = self.decoder
         old_mask = d.mask if self.rows else None
         lengths = [int(old_mask[r, : d.length].sum()) for r in keep] if old_mask is not None else []
@@ -170,17 +209,29 @@ class Batch:
         rows = len(keep) + (1 if joining is not None else 0)
         self.left = left
         if rows == 0:
-            d.cache, d.mask, d.length, d.capacity, d.rows = None, None, 0, 0, 0
+            d.cache, d.mask, d.length, d.capacity, d.rows, d.step_forward = None, None, 0, 0, 0, None
+            self.on = None
             return
-        capacity = -(-(width + max(left)) // self.bucket) * self.bucket
-        capacity = max(capacity, width + 1)
+        on = self._fixed_shape(rows, width + max(left))
+        if on is not None:
+            slots, capacity = on.rows, on.capacity
+        else:
+            slots = rows
+            capacity = max(-(-(width + max(left)) // self.bucket) * self.bucket, width + 1)
         from transformers import StaticCache
         from transformers.cache_utils import StaticLayer
 
-        cache: Any = StaticCache(config=self.model.config, max_cache_len=capacity)  # type: ignore[arg-type]
-        sources = [d.cache.layers if d.cache is not None and keep else None, joining[0].layers if joining else None]
-        template = next(s for s in sources if s is not None)
         index = torch.tensor(keep, dtype=torch.long, device=d.device)
+        old_layers = list(d.cache.layers) if d.cache is not None and keep else None
+        # what stays, read before anything is written (a compiled step's cache may be the old cache itself)
+        kept = (
+            [(o.keys[:, :, d.length - span : d.length].index_select(0, index),
+              o.values[:, :, d.length - span : d.length].index_select(0, index)) for o in old_layers]
+            if old_layers is not None else None
+        )  # fmt: skip
+        kept_mask = old_mask.index_select(0, index)[:, d.length - span : d.length] if keep and old_mask is not None else None
+        cache: Any = on.cache() if on is not None else StaticCache(config=self.model.config, max_cache_len=capacity)  # type: ignore[arg-type]
+        template = old_layers if old_layers is not None else list(cast(Any, joining)[0].layers)
         layers: list[Any] = list(cache.layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, StaticLayer):
@@ -193,26 +244,31 @@ class Batch:
                     f"layer {i} of {type(self.model).__name__} keeps a sliding window of {layer.max_cache_len} positions, "
                     f"shorter than the batch's {capacity}: rows cannot join this batch"
                 )
-            like = template[i]
-            heads, k_dim, v_dim = like.keys.shape[1], like.keys.shape[-1], like.values.shape[-1]
-            layer.lazy_initialization(like.keys.new_zeros(rows, heads, 1, k_dim), like.values.new_zeros(rows, heads, 1, v_dim))
-            if keep and sources[0] is not None:
-                old = sources[0][i]
-                for mine, theirs in ((layer.keys, old.keys), (layer.values, old.values)):
-                    mine[: len(keep), :, width - span : width] = theirs[:, :, d.length - span : d.length].index_select(0, index)
+            if on is None:  # a compiled step's cache was initialised by its warm-up: its tensors stay where they are
+                like = template[i]
+                heads, k_dim, v_dim = like.keys.shape[1], like.keys.shape[-1], like.values.shape[-1]
+                layer.lazy_initialization(
+                    like.keys.new_zeros(rows, heads, 1, k_dim), like.values.new_zeros(rows, heads, 1, v_dim)
+                )
+            if kept is not None:
+                layer.keys[: len(keep), :, width - span : width] = kept[i][0]
+                layer.values[: len(keep), :, width - span : width] = kept[i][1]
             if joining is not None:
                 new, n = joining[0].layers[i], joining[1]
-                layer.keys[-1, :, width - n : width] = new.keys[0, :, :n]
-                layer.values[-1, :, width - n : width] = new.values[0, :, :n]
+                layer.keys[len(keep), :, width - n : width] = new.keys[0, :, :n]
+                layer.values[len(keep), :, width - n : width] = new.values[0, :, :n]
             layer.cumulative_length.fill_(width)
             if hasattr(layer, "cumulative_length_int"):
                 layer.cumulative_length_int = width
-        mask = torch.zeros(rows, capacity, dtype=torch.long, device=d.device)
-        if keep and old_mask is not None:
-            mask[: len(keep), width - span : width] = old_mask.index_select(0, index)[:, d.length - span : d.length]
+        # a spare row of a compiled step attends to nothing here; at each step it attends to its own padding
+        mask = torch.zeros(slots, capacity, dtype=torch.long, device=d.device)
+        if kept_mask is not None:
+            mask[: len(keep), width - span : width] = kept_mask
         if joining is not None:
-            mask[-1, width - joining[1] : width] = 1
-        d.cache, d.mask, d.length, d.capacity, d.rows, d.static = cache, mask, width, capacity, rows, True
+            mask[len(keep), width - joining[1] : width] = 1
+        d.cache, d.mask, d.length, d.capacity, d.rows, d.static = cache, mask, width, capacity, slots, True
+        d.step_forward = on.step.forward if on is not None else None
+        self.on = on
 
 
 def unjoinable(model: nn.Module, capacity: int) -> str | None:

@@ -78,6 +78,21 @@ class CompiledRows:
         self.step.start()
         return self
 
+    def ready_eagerly(self) -> CompiledRows:
+        """Lay out this step's fixed shape (its cache and rows) and mark it ready without compiling: a stand-in whose
+        step is the shadow's eager forward, so the fixed-shape path of :class:`backend.decode.batch.Batch` can be
+        tested in seconds (compiling takes minutes)."""
+        with torch.inference_mode():
+            self._warm_up(self.step.forward)
+        self.step.seconds = 0.0
+        self.step.ready.set()
+        return self
+
+    def cache(self) -> Any:
+        """The static cache this step was traced with (``rows`` x ``capacity``): a batch on this step writes into it
+        in place, so the graph sees the same tensors at every step."""
+        return self.cache_pool[(self.rows, self.capacity)]
+
     def fits(self, rows: int, tokens: int) -> bool:
         """Whether a batch of ``rows`` rows needing ``tokens`` cache positions (prompt + new) can use this step."""
         return self.ready and rows <= self.rows and tokens <= self.capacity

@@ -314,6 +314,35 @@ class RowControls:
         self.steer_on[row] = dict(other.steer_on[source])
         self.version += 1
 
+    def mirror(self, other: RowControls) -> None:
+        """Rows ``0..other.rows-1`` take ``other``'s rows (controls, readouts, capture) and the rest become fresh
+        rows, all written in place: the rows of a compiled step's fixed batch (its graph was traced through these
+        tensors), set from the running batch's controls before each step."""
+        n = other.rows
+        if n > self.rows:
+            raise InterventionError(f"{n} rows cannot be mirrored into row controls of {self.rows}")
+        if (other.n_layers, other.hidden, other.n_cap_sets, other.n_steer_sets) != (
+            self.n_layers, self.hidden, self.n_cap_sets, self.n_steer_sets
+        ):  # fmt: skip
+            raise InterventionError("row controls of another shape cannot share a row")
+        for name, fresh in self._ROW_TENSORS:
+            mine = getattr(self, name)
+            mine[:n].copy_(getattr(other, name))
+            mine[n:].fill_(fresh)
+        self.cap_set_of = [*other.cap_set_of, *[0] * (self.rows - n)]
+        self.steer_set_of = [*other.steer_set_of, *[0] * (self.rows - n)]
+        self.cap_taus = [*(dict(t) for t in other.cap_taus), *({} for _ in range(self.rows - n))]
+        self.steer_on = [*(dict(t) for t in other.steer_on), *({} for _ in range(self.rows - n))]
+        self.version += 1
+
+    _READ_TENSORS = ("before", "delta", "monitor", "capture_sum", "capture_count")
+
+    def take_readouts(self, mirror: RowControls) -> None:
+        """This step's readouts and capture from the first :attr:`rows` rows of ``mirror`` (a compiled step's rows
+        that :meth:`mirror` set from these controls)."""
+        for name in self._READ_TENSORS:
+            getattr(self, name).copy_(getattr(mirror, name)[: self.rows])
+
     # device side ----------------------------------------------------------------------------------------
     def _hook(self, layer: int) -> Callable[..., object]:
         cap = self.cap_u is not None

@@ -10,7 +10,9 @@ others are fed their tokens. A row therefore equals its single-row run whoever s
 
 At most :attr:`Running.max_rows` rows run at once (a step costs about the same for 1 to 4 rows on a CPU,
 ``bench/linear.py``); a session has at most one running job, so its next turn, which replies to this one, waits.
-Eager only (the batch's shape changes between steps); runs on the engine's generation thread with the model lock.
+A step runs on the engine's compiled step for the batch's shape once one is ready and fits (rows padded up to its
+row count, the cache to its capacity), eagerly otherwise (:mod:`backend.decode.batch`). It runs on the engine's
+generation thread with the model lock.
 """
 
 from __future__ import annotations
@@ -39,11 +41,17 @@ class Running:
     def __init__(self, engine: Engine, max_rows: int = MAX_ROWS) -> None:
         self.engine = engine
         self.max_rows = max_rows
-        loaded = engine.loaded
-        self.batch = Batch(loaded.model, engine.row_controls, layers_path=loaded.info.layers_path, pad_id=engine.pad_id)
+        self.batch = self._new_batch()
         self.rows: list[Row] = []
         self.logits: list[torch.Tensor] = []  # per row: the logits its next token is chosen from
         self.jobs: list[Job] = []  # running jobs (a comparison: the capped column's job, its partner with it)
+
+    def _new_batch(self) -> Batch:
+        engine = self.engine
+        return Batch(
+            engine.loaded.model, engine.row_controls, layers_path=engine.loaded.info.layers_path, pad_id=engine.pad_id,
+            compiled=lambda: engine.compiled,
+        )  # fmt: skip
 
     def room(self) -> int:
         return self.max_rows - len(self.rows)
@@ -150,10 +158,7 @@ class Running:
         except Exception:  # the batch itself is broken: start a new one
             log.exception("the running batch could not drop its failed rows; starting afresh")
             self.batch.close()
-            loaded = self.engine.loaded
-            self.batch = Batch(
-                loaded.model, self.engine.row_controls, layers_path=loaded.info.layers_path, pad_id=self.engine.pad_id
-            )
+            self.batch = self._new_batch()
             indices = list(range(len(self.rows)))
             ids += [r.job.turn_id for r in self.rows if id(r) not in mine and r.status is None]
         self.rows = [r for i, r in enumerate(self.rows) if i not in set(indices)]

@@ -62,7 +62,10 @@ log = logging.getLogger("persona_space.worker")
 # (rows, cache positions) the worker compiles a decode step for, in this order (~10 s each on two cores with inductor's
 # disk cache warm): a single turn uses a one-row step, a compare pair a two-row one, each the smallest ready cache its
 # prompt plus max_new_tokens fits. A larger cache costs attention time every step (it is read whole), and a one-row
-# step ~2 ms less than a two-row one, so the small ones come first.
+# step ~2 ms less than a two-row one, so the small ones come first. The shared batch (backend.decode.batch) runs on
+# the same shapes: one row or two (one turn, a pair, two turns) gain 1.2-1.3x from compiling, while three or four
+# rows on a compiled four-row step gain nothing over the eager step (bench/batch_steps.py: 1.00 and 0.95-0.99), so
+# they stay eager.
 COMPILED_SHAPES = ((1, 512), (2, 512), (1, 1024), (2, 1024))
 
 STEP = object()  # _next_job's answer when the running batch should take one step
@@ -114,9 +117,6 @@ class Engine(ProjectionQueue):
         if why is not None:
             log.info("turns are decoded one at a time: %s", why)
         self.batch: Running | None = Running(self, batch_rows) if why is None else None
-        if self.batch is not None and compile:  # a compiled step is for one batch shape; this batch's changes
-            self.compile = False
-            self.compile_state = "eager (turns share one batch of changing rows; compiled steps serve one row at a time)"
         self.step_s = 0.0  # seconds spent on batch steps since the last projection slice
         self.slice_s = 0.0  # how long the last slice took (a slice is due once the steps took as long)
 
@@ -385,6 +385,8 @@ class Engine(ProjectionQueue):
         self.placement.wait()
         try:
             for rows, capacity in COMPILED_SHAPES:
+                if self.batch is not None and rows > self.batch.max_rows:
+                    continue
                 if self.closed:
                     break
                 if capacity > self.max_context:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from backend.decode.batch import Batch
+from backend.decode.compiled import CompiledRows
 from backend.hooks.rows import RowControls
 from tests.helpers.decode_oracle import MONITOR, STOP, eager_reference, world
 
@@ -25,17 +27,36 @@ class Spec:
     deltas: list[dict[int, float]] = field(default_factory=list)
 
 
-def run_batch(model, specs: list[Spec]) -> Batch:  # type: ignore[no-untyped-def]
+def controls_for(model):  # type: ignore[no-untyped-def]
+    """The oracle's row controls for ``n`` rows: the cap and steering directions, the monitor."""
     axis, vectors = world(model)
 
     def make(n: int) -> RowControls:
         return RowControls(n, *axis.shape, cap_directions=axis, steer_vectors=vectors, monitor=(MONITOR, axis[MONITOR]))
 
-    batch = Batch(model, make, pad_id=STOP, bucket=8)
+    return make
+
+
+def fixed_steps(model, shapes: list[tuple[int, int]]) -> list[CompiledRows]:  # type: ignore[no-untyped-def]
+    """Stand-ins for compiled steps of these (rows, capacity) shapes: the fixed-shape path, eager (see
+    :meth:`backend.decode.compiled.CompiledRows.ready_eagerly`)."""
+    make = controls_for(model)
+    return [CompiledRows(model, make, rows=r, capacity=c, pad_id=STOP).ready_eagerly() for r, c in shapes]
+
+
+def run_batch(  # type: ignore[no-untyped-def]
+    model, specs: list[Spec], steps: Sequence[CompiledRows] = (), ready_at: int = 0, shapes: list | None = None
+) -> Batch:
+    """Run ``specs`` through one batch; ``steps`` (compiled or stand-ins) become ready at step ``ready_at``.
+    ``shapes`` (if given) receives the shape each step ran on: ``(rows, capacity, fixed)``."""
+    ready: list[CompiledRows] = []
+    batch = Batch(model, controls_for(model), pad_id=STOP, bucket=8, compiled=lambda: ready)
     live: list[Spec] = []
     logits: list[torch.Tensor] = []
     step = 0
     while step <= max(s.join_at for s in specs) or live:
+        if step == ready_at:
+            ready.extend(steps)
         for s in specs:
             if s.join_at == step:
 
@@ -62,6 +83,9 @@ def run_batch(model, specs: list[Spec]) -> Batch:  # type: ignore[no-untyped-def
         live = [s for j, s in enumerate(live) if j not in leaving]
         if live:
             out = batch.step(fed)
+            if shapes is not None:
+                shapes.append((batch.decoder.rows, batch.decoder.capacity, batch.on is not None))
+                assert batch.on is None or batch.decoder.cache is batch.on.cache()  # written in place
             r = batch.readouts()
             controls = batch.controls
             assert controls is not None

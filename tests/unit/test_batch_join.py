@@ -8,7 +8,7 @@ import pytest
 
 from backend.decode.batch import Batch
 from backend.errors import PersonaSpaceError
-from tests.helpers.batch_oracle import Spec, reference, run_batch
+from tests.helpers.batch_oracle import Spec, fixed_steps, reference, run_batch
 from tests.helpers.decode_oracle import STOP, assert_same, eager_reference
 from tests.helpers.tiny import random_ids, tiny_model
 
@@ -38,6 +38,25 @@ def test_rows_that_join_midway_equal_their_single_row_runs(model) -> None:  # ty
     for s in rows:
         assert_same(reference(model, s), (s.tokens, s.readings, s.deltas), tol=1e-4)
     assert all(s.tokens for s in rows)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+def test_rows_on_fixed_shapes_equal_their_single_row_runs(arch: str) -> None:
+    """The compiled steps' path (each step on a fixed rows x capacity shape, spare rows padding, the step's own
+    cache written in place), here with eager stand-ins: every row still equals its single-row run, whether the
+    batch is on a fixed shape (1 row on a 2-row shape, 3 rows on a 4-row one), eager (no shape fits) or moves
+    between them, and when the steps become ready mid-way."""
+    model = tiny_model(arch)
+    for shapes, ready_at in (([(2, 32), (4, 32)], 0), ([(2, 16)], 0), ([(2, 32), (4, 32)], 6)):
+        rows = specs()
+        ran: list[tuple[int, int, bool]] = []
+        run_batch(model, rows, fixed_steps(model, shapes), ready_at=ready_at, shapes=ran)
+        for s in rows:
+            assert_same(reference(model, s), (s.tokens, s.readings, s.deltas), tol=1e-4)
+        fixed = {(r, c) for r, c, on in ran if on}
+        assert fixed and fixed <= set(shapes)  # it did run on them
+        if shapes == [(2, 16)] or ready_at:
+            assert any(not on for _, _, on in ran)  # and eagerly where none fitted or none was ready
 
 
 def test_a_row_alone_and_rows_joining_together(llama) -> None:  # type: ignore[no-untyped-def]
