@@ -38,11 +38,14 @@ def write_import(conn: sqlite3.Connection, prepared: Any) -> tuple[str, int]:
 
 
 def _import_rows(conn: sqlite3.Connection, sid: str, now: float, prepared: Any) -> int:
+    kind = prepared.kind
     conn.execute(
-        "INSERT INTO sessions (id, created, title, system, controls, controls_version) VALUES (?, ?, ?, ?, ?, 0)",
-        (sid, now, prepared.title, prepared.system, prepared.controls_json),
+        "INSERT INTO sessions (id, created, title, system, controls, controls_version, kind) VALUES (?, ?, ?, ?, ?, 0, ?)",
+        (sid, now, prepared.title, prepared.system, prepared.controls_json, kind),
     )
     created = {"system": prepared.system, "controls": prepared.controls, "controls_version": 0, "imported": True}
+    if kind != "chat":  # as the database writes a new session's event
+        created["kind"] = kind
     rows: list[tuple[str, int | None, str, str, float]] = [(sid, None, "session_created", dumps(created), now)]
     ids: dict[int, int] = {}
     undone: list[int] = []
@@ -102,8 +105,11 @@ def export_bytes(prepared: Any) -> int:
     ``model`` and ``space`` (``backend.worker.imports.EXPORT_HEADROOM`` covers those)."""
     system, title = _size(prepared.system), _size(prepared.title)
     controls = len(prepared.controls_json)
-    session = _size({"id": _SID, "created": _TIME, "title": None, "system": None, "controls": None, "controls_version": _ID})
-    created = _size({"system": None, "controls": None, "controls_version": 0, "imported": True})
+    kind = prepared.kind
+    session = _size(
+        {"id": _SID, "created": _TIME, "title": None, "system": None, "controls": None, "controls_version": _ID, "kind": kind}
+    )
+    created = _size({"system": None, "controls": None, "controls_version": 0, "imported": True, "kind": kind})
     total = 200 + session - 12 + title + system + controls  # the header's keys, with room
     total += _EVENT + len('"session_created"') + created - 8 + system + controls
     undone = 0

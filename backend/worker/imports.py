@@ -71,6 +71,7 @@ class _Session(_Lenient):
     system: StrictStr | None = Field(None, max_length=MAX_SYSTEM_CHARS)
     title: StrictStr | None = Field(None, max_length=MAX_TITLE_CHARS)
     controls: dict[str, Any]
+    kind: Literal["chat", "api"] = "chat"  # an OpenAI API request stays one (exports made before kinds: chat)
 
 
 class _Turn(_Lenient):
@@ -204,6 +205,7 @@ class Prepared:
     controls_json: str
     turns: list[PreparedTurn]
     tokens: dict[int, list[str]] = field(default_factory=dict)  # old turn id -> token event JSON texts (no ``turn``)
+    kind: str = "chat"  # the session's kind (backend.worker.db.SESSION_KINDS)
 
 
 def describe(exc: ValidationError, prefix: str = "") -> str:
@@ -280,7 +282,7 @@ def prepare(data: Any, controls: Controls) -> Prepared:
     plain = controls.model_dump(mode="json")
     return Prepared(
         system=export.session.system, title=export.session.title or None, controls=plain,
-        controls_json=_json(plain, "session.controls"), turns=turns, tokens=tokens,
+        controls_json=_json(plain, "session.controls"), turns=turns, tokens=tokens, kind=export.session.kind,
     )  # fmt: skip
 
 

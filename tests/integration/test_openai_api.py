@@ -86,6 +86,12 @@ def test_the_extension_is_there_and_parses(api) -> None:  # type: ignore[no-unty
     assert [t["content"] for t in session["turns"]] == ["Who are you?", reply.choices[0].message.content]
     listed = {s["id"]: s for s in worker.client.get("/sessions").json()["sessions"]}
     assert listed[ps["session"]]["kind"] == "api"
+    # and stays one through an export and an import (it was imported as a chat)
+    exported = worker.client.get(f"/sessions/{ps['session']}/export").json()
+    copy = worker.client.post("/sessions/import", json=exported)
+    assert copy.status_code == 201, copy.text
+    again = worker.client.get(f"/sessions/{copy.json()['id']}").json()
+    assert again["kind"] == "api" and [t["content"] for t in again["turns"]] == [t["content"] for t in session["turns"]]
 
 
 @pytest.mark.parametrize(
