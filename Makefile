@@ -52,6 +52,8 @@ bench: setup
 	$(PY) bench/decode.py --quick
 	$(PY) bench/build.py --quick
 	$(PY) bench/worker.py --quick
+	$(PY) bench/batch_steps.py --quick
+	$(PY) bench/serve.py --quick
 	$(PY) bench/transcripts.py --quick
 	$(PY) bench/transcripts.py --long
 	$(PY) bench/soak.py --quick
