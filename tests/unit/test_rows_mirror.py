@@ -50,7 +50,8 @@ def test_readouts_come_back_for_the_batch_rows_only() -> None:
     batch.take_readouts(fixed)
     for name in ("before", "delta", "monitor", "capture_sum", "capture_count"):
         assert torch.equal(getattr(batch, name), getattr(fixed, name)[:2])
-    assert torch.equal(batch.readouts().monitor, fixed.readouts().monitor[:2])
+    mine, theirs = batch.readouts().monitor, fixed.readouts().monitor
+    assert mine is not None and theirs is not None and torch.equal(mine, theirs[:2])
 
 
 def test_more_rows_than_the_fixed_step_has_are_refused() -> None:
