@@ -29,6 +29,7 @@ A sliding-window layer whose window is shorter than the cache cannot be re-laid 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,6 +40,8 @@ from backend.decode.engine import Decoder
 from backend.errors import PersonaSpaceError
 from backend.hooks.handle import Handle
 from backend.hooks.rows import Readouts, RowControls
+
+log = logging.getLogger("persona_space.decode")
 
 if TYPE_CHECKING:
     from backend.decode.compiled import CompiledRows
@@ -164,21 +167,43 @@ class Batch:
         if any(n <= 0 for n in self.left):
             raise PersonaSpaceError("a row fed past its token budget: let it leave first")
         if self.compiled is not None and len(self.compiled()) != self.seen:  # another compiled step is ready
-            self._relayout(list(range(self.rows)), None, list(self.left))
+            if self._fixed_shape(self.rows, self._span() + max(self.left)) is not self.on:
+                self._relayout(list(range(self.rows)), None, list(self.left))
         if self.controls is not None:
             self.controls.active.fill_(1.0)  # every row in the batch is generating
-        if self.on is None:
-            self._attach()
-            logits = self.decoder.step(list(tokens))
-        else:
-            assert self.controls is not None
-            fixed = self.on.controls
-            fixed.mirror(self.controls)  # the spare rows: fresh (no cap, no steering, inactive)
-            spare = [self.pad_id] * (self.decoder.rows - self.rows)
-            logits = self.decoder.step([*tokens, *spare])[: self.rows]
-            self.controls.take_readouts(fixed)
+        while True:
+            if self.on is None:
+                self._attach()
+                logits = self.decoder.step(list(tokens))
+                break
+            try:
+                logits = self._fixed_step(tokens)
+                break
+            except Exception as exc:  # never again: this step and the rest of the batch's life go another way
+                self.on.abandon(f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "the compiled step for %d rows x %d positions failed (%s: %s); the batch steps without it",
+                    self.on.rows, self.on.capacity, type(exc).__name__, exc,
+                )  # fmt: skip
+                self._relayout(list(range(self.rows)), None, list(self.left))  # the step wrote nothing that is kept
         self.left = [n - 1 for n in self.left]
         return logits
+
+    def _fixed_step(self, tokens: Sequence[int]) -> torch.Tensor:
+        assert self.controls is not None and self.on is not None
+        fixed = self.on.controls
+        fixed.mirror(self.controls)  # the spare rows: fresh (no cap, no steering, inactive)
+        spare = [self.pad_id] * (self.decoder.rows - self.rows)
+        logits = self.decoder.step([*tokens, *spare])[: self.rows]
+        self.controls.take_readouts(fixed)
+        return logits
+
+    def _span(self) -> int:
+        """The filled positions of the longest row (what a re-lay keeps)."""
+        d = self.decoder
+        if not self.rows or d.mask is None:
+            return 0
+        return int(d.mask[: self.rows, : d.length].sum(-1).max())
 
     def _fixed_shape(self, rows: int, positions: int) -> CompiledRows | None:
         """The ready compiled step for ``rows`` rows needing ``positions`` cache positions: the smallest cache, then
@@ -207,10 +232,9 @@ class Batch:
         span = max(lengths, default=0)  # the old rows' filled region: [d.length - span, d.length)
         width = max([span] + ([joining[1]] if joining is not None else []))
         rows = len(keep) + (1 if joining is not None else 0)
-        self.left = left
         if rows == 0:
             d.cache, d.mask, d.length, d.capacity, d.rows, d.step_forward = None, None, 0, 0, 0, None
-            self.on = None
+            self.on, self.left = None, left
             return
         on = self._fixed_shape(rows, width + max(left))
         if on is not None:
@@ -233,23 +257,26 @@ class Batch:
         cache: Any = on.cache() if on is not None else StaticCache(config=self.model.config, max_cache_len=capacity)  # type: ignore[arg-type]
         template = old_layers if old_layers is not None else list(cast(Any, joining)[0].layers)
         layers: list[Any] = list(cache.layers)
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(layers):  # every check before any write: a refused re-lay leaves the batch as it was
             if not isinstance(layer, StaticLayer):
                 raise PersonaSpaceError(
                     f"layer {i} of {type(self.model).__name__} has a {type(layer).__name__} cache: rows cannot join a batch"
                 )
-            layer = cast(Any, layer)  # its tensors exist once initialised below
-            if layer.max_cache_len != capacity:
+            if cast(Any, layer).max_cache_len != capacity:
                 raise PersonaSpaceError(
-                    f"layer {i} of {type(self.model).__name__} keeps a sliding window of {layer.max_cache_len} positions, "
-                    f"shorter than the batch's {capacity}: rows cannot join this batch"
+                    f"layer {i} of {type(self.model).__name__} keeps a sliding window of {cast(Any, layer).max_cache_len} "
+                    f"positions, shorter than the batch's {capacity}: rows cannot join this batch"
                 )
-            if on is None:  # a compiled step's cache was initialised by its warm-up: its tensors stay where they are
+        for i, layer in enumerate(layers):
+            if on is None:
                 like = template[i]
                 heads, k_dim, v_dim = like.keys.shape[1], like.keys.shape[-1], like.values.shape[-1]
                 layer.lazy_initialization(
                     like.keys.new_zeros(rows, heads, 1, k_dim), like.values.new_zeros(rows, heads, 1, v_dim)
                 )
+            else:  # a compiled step's cache, initialised by its warm-up: its tensors stay where the graph saw them
+                layer.keys.zero_()  # as a new cache starts: nothing of earlier rows, even where masked
+                layer.values.zero_()
             if kept is not None:
                 layer.keys[: len(keep), :, width - span : width] = kept[i][0]
                 layer.values[: len(keep), :, width - span : width] = kept[i][1]
@@ -268,7 +295,7 @@ class Batch:
             mask[len(keep), width - joining[1] : width] = 1
         d.cache, d.mask, d.length, d.capacity, d.rows, d.static = cache, mask, width, capacity, slots, True
         d.step_forward = on.step.forward if on is not None else None
-        self.on = on
+        self.on, self.left = on, left
 
 
 def unjoinable(model: nn.Module, capacity: int) -> str | None:

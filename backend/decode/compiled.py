@@ -88,6 +88,10 @@ class CompiledRows:
         self.step.ready.set()
         return self
 
+    def abandon(self, why: str) -> None:
+        """Take this step out of use (it failed at run time): :meth:`fits` is false from now on."""
+        self.step.error = why
+
     def cache(self) -> Any:
         """The static cache this step was traced with (``rows`` x ``capacity``): a batch on this step writes into it
         in place, so the graph sees the same tensors at every step."""

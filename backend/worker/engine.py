@@ -392,10 +392,12 @@ class Engine(ProjectionQueue):
                 if capacity > self.max_context:
                     continue
                 self.compile_state = f"compiling ({rows} x {capacity})"
-                step = CompiledRows(
-                    self.loaded.model, self.row_controls, rows=rows, capacity=capacity, pad_id=self.pad_id,
-                    layers_path=self.loaded.info.layers_path, cache_dir=str(cache_dir() / "inductor"),
-                ).start()  # fmt: skip
+                with self.model_lock:  # the shadow copies the model's modules: not while the generation thread hooks them
+                    step = CompiledRows(
+                        self.loaded.model, self.row_controls, rows=rows, capacity=capacity, pad_id=self.pad_id,
+                        layers_path=self.loaded.info.layers_path, cache_dir=str(cache_dir() / "inductor"),
+                    )  # fmt: skip
+                step.start()
                 step.step.ready.wait()
                 if step.error is not None:
                     self.compile_state = f"eager: compiling failed ({step.error})"

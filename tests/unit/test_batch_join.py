@@ -59,6 +59,23 @@ def test_rows_on_fixed_shapes_equal_their_single_row_runs(arch: str) -> None:
             assert any(not on for _, _, on in ran)  # and eagerly where none fitted or none was ready
 
 
+def test_a_compiled_step_that_fails_is_dropped_and_the_rows_go_on_without_it(llama, caplog) -> None:  # type: ignore[no-untyped-def]
+    steps = fixed_steps(llama, [(2, 32), (4, 32)])
+
+    def broken(**kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the graph broke")
+
+    steps[0].step.forward = broken  # the two-row step fails at its first use; the four-row one works
+    rows = specs()
+    ran: list[tuple[int, int, bool]] = []
+    run_batch(llama, rows, steps, shapes=ran)
+    for s in rows:
+        assert_same(reference(llama, s), (s.tokens, s.readings, s.deltas), tol=1e-4)
+    assert steps[0].error == "RuntimeError: the graph broke" and not steps[0].fits(1, 8)
+    assert (2, 32, True) not in ran and (4, 32, True) in ran  # one or two rows went on the four-row step instead
+    assert "the compiled step for 2 rows x 32 positions failed" in caplog.text
+
+
 def test_a_row_alone_and_rows_joining_together(llama) -> None:  # type: ignore[no-untyped-def]
     p = [random_ids(batch=1, length=n, seed=40 + n)[0].tolist() for n in (5, 9, 7)]
     rows = [Spec(p[0], 0, 8), Spec(p[1], 2, 8, caps={1: 1.0}), Spec(p[2], 2, 8, steer=(-1.0, [0, 2]))]
